@@ -1,0 +1,1 @@
+"""Canonical data: the table contract, the synthetic default, and importers."""

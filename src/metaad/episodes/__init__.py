@@ -1,0 +1,1 @@
+"""Type splits, preprocessing, windows and the episode (task) sampler."""

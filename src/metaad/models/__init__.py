@@ -1,0 +1,1 @@
+"""Detectors: meta-learners and baselines behind one contract, found by name."""
