@@ -1,0 +1,288 @@
+"""Paths, the typed view of ``params.yaml``, and the offline environment.
+
+``params.yaml`` is parsed once into frozen dataclasses, so a typo or a wrong type fails at
+start-up with the offending key named, not an hour into training. Overrides use dotted keys
+(``train.method=maml``), the same syntax as ``dvc exp run -S``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metaad.errors import ConfigError
+from metaad.models.base import FitConfig
+
+#: Environment that keeps every component off the network (DESIGN.md, "Offline").
+OFFLINE_ENV: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def set_offline_env() -> None:
+    """Set the offline variables unless the user set them already."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    source: str = "synthetic"
+    domain: str = "card"
+    n_rows: int = 60000
+    seed: int = 7
+    anomaly_rate: float = 0.05
+    path: str | None = None
+    label_col: str = "label"
+    type_col: str | None = "anomaly_type"
+    normal_value: str | int | None = None
+    categorical: tuple[str, ...] = ()
+    output: str = "data/table.parquet"
+
+    def __post_init__(self) -> None:
+        if self.source not in ("synthetic", "csv"):
+            raise ConfigError(f"ingest.source must be 'synthetic' or 'csv', got {self.source!r}")
+        if self.source == "csv" and not self.path:
+            raise ConfigError("ingest.source is 'csv' but ingest.path is not set")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    max_null_fraction: float = 0.0
+    nullable: tuple[str, ...] = ()
+    max_duplicate_fraction: float = 0.05
+    min_rows: int = 1000
+    max_rows: int = 100_000_000
+    range_slack: float = 0.5
+
+
+@dataclass(frozen=True)
+class EpisodesConfig:
+    seed: int = 11
+    train_types: tuple[str, ...] = ()
+    val_types: tuple[str, ...] = ()
+    test_types: tuple[str, ...] = ()
+    n_val_types: int = 1
+    n_test_types: int = 3
+    shots: tuple[int, ...] = (0, 1, 5, 10)
+    n_episodes: int = 20
+    n_support_normal: int = 50
+    n_query_normal: int = 950
+    contamination: float = 0.05
+    window: int = 16
+    stride: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.shots or min(self.shots) < 0:
+            raise ConfigError(f"episodes.shots must be non-negative integers, got {self.shots}")
+        if not 0 < self.contamination < 1:
+            raise ConfigError(f"episodes.contamination must be in (0, 1), got {self.contamination}")
+        if self.window < 1 or self.stride < 1:
+            raise ConfigError("episodes.window and episodes.stride must be >= 1")
+        if self.n_test_types < 1 and not self.test_types:
+            raise ConfigError("episodes.n_test_types must be >= 1 (or list episodes.test_types)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "proto"
+    seed: int = 0
+    device: str = "auto"
+    steps: int = 600
+    meta_batch: int = 16
+    shots: tuple[int, ...] = (1, 5, 10)
+    n_support_normal: int = 50
+    n_query_normal: int = 64
+    n_query_anomaly: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    val_every: int = 100
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+    def fit_config(self, progress: bool = False) -> FitConfig:
+        return FitConfig(
+            steps=self.steps,
+            meta_batch=self.meta_batch,
+            shots=tuple(self.shots),
+            n_support_normal=self.n_support_normal,
+            n_query_normal=self.n_query_normal,
+            n_query_anomaly=self.n_query_anomaly,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            device=self.device,
+            val_every=self.val_every,
+            progress=progress,
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    methods: tuple[str, ...] = ("proto", "iforest", "lr_sup", "proto_raw")
+    gate_k: int = 5
+    n_bootstrap: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    model_name: str = "metaad-detector"
+    experiment: str = "metaad"
+    target_fpr: float = 0.01
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    k: int = 5
+    min_auprc: float = 0.30
+    min_auroc: float = 0.70
+    min_delta: float = 0.005
+    bootstrap_alpha: float = 0.05
+    n_bootstrap: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of ``params.yaml``, typed."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    episodes: EpisodesConfig = field(default_factory=EpisodesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, tuple | list):
+                return [plain(x) for x in v]
+            if isinstance(v, Mapping):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        return {f.name: plain(dataclasses.asdict(getattr(self, f.name))) for f in fields(self)}
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values (lists as JSON), for MLflow params."""
+        out: dict[str, Any] = {}
+        for sec, vals in self.to_dict().items():
+            for k, v in vals.items():
+                out[f"{sec}.{k}"] = json.dumps(v) if isinstance(v, list | dict) else v
+        return out
+
+    def digest(self) -> str:
+        """A stable hash of the resolved configuration (a lineage tag)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, naming ``key`` when it cannot."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} does not fit {annotation}")
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if origin in (Mapping, dict) or annotation is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"params section {section!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {section}: {unknown}; known: {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value the way YAML would (``5`` -> int, ``[1,5]`` -> list)."""
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted-key overrides applied (``train.hparams.loss``)."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if len(parts) < 2:
+            raise ConfigError(f"override {dotted!r} must be section.key, e.g. train.method")
+        node = out.setdefault(parts[0], {})
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = parse_value(value) if isinstance(value, str) else value
+    return out
+
+
+def load_params(
+    path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None
+) -> Params:
+    """Read ``params.yaml`` (missing sections take their defaults) and apply overrides."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections")
+        raw = loaded
+    elif overrides is None:
+        raise ConfigError(f"parameter file {path} not found")
+    raw = apply_overrides(raw, overrides or {})
+    sections = {f.name: f.type for f in fields(Params)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section(s) in {path}: {unknown}; known: {sorted(sections)}")
+    hints = typing.get_type_hints(Params)
+    return Params(**{name: _build(hints[name], name, raw.get(name) or {}) for name in sections})

@@ -1,0 +1,386 @@
+"""Metric-based meta-learners: an embedding in which a task's support set is a good detector.
+
+A task is scored by distances to its support set: to the normal support (the mean of the
+``k_nn`` nearest normal support rows, or the normal prototype when ``k_nn`` is 0) and, when
+K > 0, to the anomaly prototype. Distances are measured in two spaces and mixed with learned
+weights: the encoder's embedding, and the raw (scaled) features under a learned diagonal
+metric. The raw path is there because simple raw-feature prototypes are a strong baseline
+on unseen types (CALIBRATION.md): the meta-learner starts from them and learns what to
+reweight or add, instead of learning to forget what the raw features already say.
+
+Distances are divided by the normal support's own leave-one-out distance, so a task's
+scores do not depend on how spread its normals happen to be. The logit is
+
+    softplus(alpha) * (d_normal - d_anomaly) + softplus(beta) * (d_normal - bias)
+
+where the first term is the two-prototype classifier (dropped when K = 0) and the second is
+the zero-shot normality score that still works with normals only. The selectable ``loss``
+shapes the embedding (prototypical cross-entropy, siamese contrastive pairs, triplets, or
+DevNet's deviation loss); the same logit scores every variant, and an auxiliary
+cross-entropy on it (``aux_weight``) keeps the K = 0 path trained under every loss.
+Adaptation needs no gradient step: it is a few means over the support.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from metaad.device import autocast, resolve_device
+from metaad.episodes.pool import Pool
+from metaad.episodes.sampler import sample_task_batch
+from metaad.errors import ConfigError
+from metaad.models.base import Detector, FitConfig, History, StepCallback
+from metaad.models.encoders import make_encoder
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("proto", "contrastive", "triplet", "deviation")
+_EPS = 1e-6
+
+
+def raw_summary(x: torch.Tensor) -> torch.Tensor:
+    """The raw path's view of an input: the row itself, or a window's per-channel mean and std."""
+    if x.dim() == 2:
+        return x
+    return torch.cat([x.mean(dim=1), x.std(dim=1, unbiased=False)], dim=1)
+
+
+class MetricNet(nn.Module):
+    """Encoder plus the handful of scalars and per-feature weights that the logit uses."""
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: tuple[int, ...], out_dim: int) -> None:
+        super().__init__()
+        self.encoder = make_encoder(input_shape, hidden=hidden, out_dim=out_dim)
+        raw_dim = input_shape[0] if len(input_shape) == 1 else 2 * input_shape[1]
+        inv_sp1 = float(np.log(np.expm1(1.0)))  # softplus^-1(1): start at weight 1
+        self.raw_weight = nn.Parameter(torch.full((raw_dim,), inv_sp1))
+        self.mix = nn.Parameter(torch.tensor([inv_sp1, inv_sp1]))  # [encoder, raw]
+        self.alpha = nn.Parameter(torch.tensor(inv_sp1))
+        self.beta = nn.Parameter(torch.tensor(inv_sp1))
+        self.bias = nn.Parameter(torch.tensor(2.0))
+        self.out_dim = out_dim
+        self.raw_dim = raw_dim
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder embedding and weighted raw summary, each scaled so that a squared
+        distance is a per-dimension mean."""
+        z = self.encoder(x).float() / np.sqrt(self.out_dim)
+        r = raw_summary(x).float() * F.softplus(self.raw_weight) / np.sqrt(self.raw_dim)
+        return z, r
+
+
+def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched squared Euclidean distances ``(B, n, m)``; clamped at 0 against round-off."""
+    d = (a * a).sum(-1, keepdim=True) - 2 * a @ b.transpose(-1, -2) + (b * b).sum(-1)[..., None, :]
+    return d.clamp_min(0.0)
+
+
+@dataclass
+class TaskState:
+    """Everything the logit needs from a support set (the adapted state of one task)."""
+
+    normals_z: torch.Tensor  # (B, n, e) normal support, encoder space
+    normals_r: torch.Tensor  # (B, n, r)
+    anom_z: torch.Tensor | None  # (B, e) anomaly prototype, or None when K = 0
+    anom_r: torch.Tensor | None
+    scale: torch.Tensor  # (B,) the normal support's own leave-one-out distance
+
+
+class MetricCore:
+    """The math shared by training, evaluation and serving (one adapt, one score)."""
+
+    def __init__(self, net: MetricNet, k_nn: int) -> None:
+        self.net = net
+        self.k_nn = k_nn
+
+    def _mixed(self, qz: torch.Tensor, qr: torch.Tensor, rz: torch.Tensor, rr: torch.Tensor):
+        w = F.softplus(self.net.mix)
+        return w[0] * _sqdist(qz, rz) + w[1] * _sqdist(qr, rr)
+
+    def _normal_distance(
+        self, qz: torch.Tensor, qr: torch.Tensor, nz: torch.Tensor, nr: torch.Tensor,
+        exclude_self: bool = False,
+    ) -> torch.Tensor:
+        if self.k_nn <= 0:
+            cz, cr = nz.mean(1, keepdim=True), nr.mean(1, keepdim=True)
+            return self._mixed(qz, qr, cz, cr)[..., 0]
+        d = self._mixed(qz, qr, nz, nr)
+        if exclude_self:
+            eye = torch.eye(d.shape[-1], dtype=torch.bool, device=d.device)
+            d = d.masked_fill(eye, float("inf"))
+        k = min(self.k_nn, d.shape[-1] - (1 if exclude_self else 0))
+        return d.topk(max(k, 1), dim=-1, largest=False).values.mean(-1)
+
+    def adapt(self, xs: torch.Tensor, ys: torch.Tensor) -> TaskState:
+        """``xs (B, S, ...)``, ``ys (B, S)``; every task of a batch has the same K."""
+        B, S = ys.shape
+        z, r = self.net.embed(xs.reshape(B * S, *xs.shape[2:]))
+        z, r = z.reshape(B, S, -1), r.reshape(B, S, -1)
+        norm_mask = ys[0] == 0  # same layout across the batch (sampler guarantees)
+        nz, nr = z[:, norm_mask], r[:, norm_mask]
+        if nz.shape[1] >= 2:
+            scale = self._normal_distance(nz, nr, nz, nr, exclude_self=True).mean(-1)
+        else:
+            scale = torch.ones(B, device=xs.device)
+        anom_mask = ~norm_mask
+        az = z[:, anom_mask].mean(1) if anom_mask.any() else None
+        ar = r[:, anom_mask].mean(1) if anom_mask.any() else None
+        return TaskState(nz, nr, az, ar, scale.detach().clamp_min(_EPS) + scale - scale.detach())
+
+    def distances(self, st: TaskState, xq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, Q = xq.shape[:2]
+        qz, qr = self.net.embed(xq.reshape(B * Q, *xq.shape[2:]))
+        qz, qr = qz.reshape(B, Q, -1), qr.reshape(B, Q, -1)
+        scale = st.scale.clamp_min(_EPS)[:, None]
+        dn = self._normal_distance(qz, qr, st.normals_z, st.normals_r) / scale
+        da = None
+        if st.anom_z is not None and st.anom_r is not None:
+            da = self._mixed(qz, qr, st.anom_z[:, None], st.anom_r[:, None])[..., 0] / scale
+        return dn, da
+
+    def logit(self, dn: torch.Tensor, da: torch.Tensor | None) -> torch.Tensor:
+        zero_shot = F.softplus(self.net.beta) * (dn - self.net.bias)
+        if da is None:
+            return zero_shot
+        return F.softplus(self.net.alpha) * (dn - da) + zero_shot
+
+
+class MetricAdapted:
+    """A metric learner adapted to one task: score rows against the stored support state."""
+
+    def __init__(self, core: MetricCore, state: TaskState, device: torch.device) -> None:
+        self.core = core
+        self.state = state
+        self.device = device
+
+    @torch.no_grad()
+    def score(self, X: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        out = []
+        for i in range(0, len(X), chunk):
+            xq = torch.as_tensor(X[i : i + chunk], device=self.device)[None]
+            dn, da = self.core.distances(self.state, xq)
+            out.append(self.core.logit(dn, da)[0].double().cpu().numpy())
+        return np.concatenate(out) if out else np.empty(0)
+
+
+class MetricLearner(Detector):
+    """Prototype-style meta-learner; ``loss`` picks how the embedding is shaped."""
+
+    name: ClassVar[str] = "proto"
+    family: ClassVar[str] = "metric"
+    persistable: ClassVar[bool] = True
+    default_loss: ClassVar[str] = "proto"
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        *,
+        loss: str | None = None,
+        hidden: tuple[int, ...] | list[int] = (128, 64),
+        out_dim: int = 32,
+        k_nn: int = 5,
+        aux_weight: float = 1.0,
+        margin: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        loss = loss or self.default_loss
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown metric loss {loss!r}; choose one of {list(LOSSES)}")
+        if k_nn < 0 or out_dim < 1 or aux_weight < 0 or margin <= 0:
+            raise ConfigError("k_nn >= 0, out_dim >= 1, aux_weight >= 0, margin > 0 required")
+        super().__init__(
+            input_shape,
+            loss=loss,
+            hidden=[int(h) for h in hidden],
+            out_dim=int(out_dim),
+            k_nn=int(k_nn),
+            aux_weight=float(aux_weight),
+            margin=float(margin),
+            seed=int(seed),
+        )
+        torch.manual_seed(seed)
+        self.net = MetricNet(self.input_shape, tuple(self.hparams["hidden"]), out_dim)
+        self.core = MetricCore(self.net, int(k_nn))
+        self.device = torch.device("cpu")
+
+    # -- training -------------------------------------------------------------------------
+    def _loss(self, xs, ys, xq, yq) -> torch.Tensor:
+        st = self.core.adapt(xs, ys)
+        dn, da = self.core.distances(st, xq)
+        logit = self.core.logit(dn, da)
+        yqf = yq.float()
+        pos = yqf.sum(1, keepdim=True).clamp_min(1)
+        neg = (1 - yqf).sum(1, keepdim=True).clamp_min(1)
+        w = yqf / pos + (1 - yqf) / neg  # class-balanced within each task
+        bce = (F.binary_cross_entropy_with_logits(logit, yqf, reduction="none") * w).sum(1).mean()
+        kind = self.hparams["loss"]
+        if kind == "proto":
+            return bce
+        aux = self.hparams["aux_weight"] * bce
+        m = self.hparams["margin"]
+        if kind == "deviation":
+            # DevNet: normal scores near a N(0,1) reference, anomalies at least `m` sd above.
+            ref = torch.randn(5000, device=logit.device)
+            dev = (logit - ref.mean()) / ref.std()
+            lo = ((1 - yqf) * dev.abs() + yqf * F.relu(5.0 * m - dev)) * w
+            return lo.sum(1).mean() + aux
+        B, Q = yq.shape
+        qz, qr = self.net.embed(xq.reshape(B * Q, *xq.shape[2:]))
+        emb = torch.cat([qz, qr], -1).reshape(B, Q, -1)
+        d = _sqdist(emb, emb) + _EPS
+        same = (yq[:, :, None] == yq[:, None, :]).float()
+        eye = torch.eye(Q, device=d.device)[None]
+        if kind == "contrastive":
+            # Siamese pairs within the query: pull same-label pairs, push others past margin.
+            pull = same * (1 - eye) * d
+            push = (1 - same) * F.relu(m - d.sqrt()) ** 2
+            pair_w = (1 - eye) / (Q * (Q - 1))
+            return ((pull + push) * pair_w).sum((1, 2)).mean() + aux
+        # triplet, batch-hard within each task
+        hardest_pos = (d * same * (1 - eye)).amax(-1)
+        hardest_neg = (d + 1e6 * same).amin(-1)
+        return F.relu(hardest_pos - hardest_neg + m).mean() + aux
+
+    def _gather(self, pool: Pool, idx: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(pool.X[idx], device=self.device)
+
+    def fit(
+        self,
+        pool: Pool,
+        cfg: FitConfig,
+        *,
+        val: Pool | None = None,
+        callback: StepCallback | None = None,
+    ) -> History:
+        if pool.input_shape != self.input_shape:
+            raise ConfigError(f"pool input shape {pool.input_shape} != model {self.input_shape}")
+        self.device = resolve_device(cfg.device)
+        self.net.to(self.device)
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        hist = History()
+        val_tasks = _fixed_val_tasks(val, cfg) if val is not None else None
+        best = (-np.inf, None)
+        bar = tqdm(range(1, cfg.steps + 1), desc=f"train {self.name}", disable=not cfg.progress)
+        for step in bar:
+            shots = int(rng.choice(cfg.shots))
+            tb = sample_task_batch(
+                pool, rng, batch_size=cfg.meta_batch, shots=shots,
+                n_support_normal=cfg.n_support_normal, n_query_normal=cfg.n_query_normal,
+                n_query_anomaly=cfg.n_query_anomaly,
+            )
+            xs, xq = self._gather(pool, tb.support_idx), self._gather(pool, tb.query_idx)
+            ys = torch.as_tensor(tb.support_y, device=self.device)
+            yq = torch.as_tensor(tb.query_y, device=self.device)
+            self.net.train()
+            with autocast(self.device):
+                loss = self._loss(xs, ys, xq, yq)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+            opt.step()
+            values = {"loss": float(loss.detach())}
+            if val_tasks is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                values["val_auprc"] = self._val_auprc(val, val_tasks)
+                if values["val_auprc"] > best[0]:
+                    best = (values["val_auprc"], _clone_state(self.net))
+            hist.log(step, **values)
+            if callback is not None:
+                callback(step, values)
+            bar.set_postfix(loss=f"{values['loss']:.3f}")
+        if best[1] is not None:
+            self.net.load_state_dict(best[1])
+            log.info("%s: kept the weights with the best validation AUPRC %.4f", self.name, best[0])
+        self.net.eval()
+        return hist
+
+    @torch.no_grad()
+    def _val_auprc(self, val: Pool, tasks: list[Any]) -> float:
+        from sklearn.metrics import average_precision_score
+
+        self.net.eval()
+        vals = []
+        for tb in tasks:
+            xs, xq = self._gather(val, tb.support_idx), self._gather(val, tb.query_idx)
+            ys = torch.as_tensor(tb.support_y, device=self.device)
+            st = self.core.adapt(xs, ys)
+            s = self.core.logit(*self.core.distances(st, xq)).float().cpu().numpy()
+            vals += [average_precision_score(tb.query_y[i], s[i]) for i in range(len(s))]
+        return float(np.mean(vals))
+
+    # -- contract -------------------------------------------------------------------------
+    @torch.no_grad()
+    def adapt(self, X_support: np.ndarray, y_support: np.ndarray) -> MetricAdapted:
+        self.check_support(X_support, y_support)
+        self.net.eval()
+        order = np.argsort(-np.asarray(y_support), kind="stable")  # anomalies first
+        xs = torch.as_tensor(np.asarray(X_support, dtype=np.float32)[order], device=self.device)
+        ys = torch.as_tensor(np.asarray(y_support, dtype=np.int64)[order], device=self.device)
+        state = self.core.adapt(xs[None], ys[None])
+        return MetricAdapted(self.core, state, self.device)
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.get_config(), indent=1))
+        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        torch.save(state, directory / "weights.pt")
+        return directory
+
+    def load_weights(self, directory: str | Path) -> None:
+        state = torch.load(Path(directory) / "weights.pt", weights_only=True, map_location="cpu")
+        self.net.load_state_dict(state)
+        self.net.to(self.device).eval()
+
+
+def _clone_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _fixed_val_tasks(val: Pool, cfg: FitConfig) -> list[Any] | None:
+    """A few validation task batches drawn once, so validation AUPRC is comparable step to step."""
+    rng = np.random.default_rng([cfg.seed, 99])
+    shots = max(cfg.shots)
+    try:
+        return [
+            sample_task_batch(
+                val, rng, batch_size=8, shots=shots, n_support_normal=cfg.n_support_normal,
+                n_query_normal=200, n_query_anomaly=10,
+            )
+            for _ in range(2)
+        ]
+    except Exception as exc:  # a val split too small is a warning, not a failed run
+        log.warning("validation tasks unavailable (%s); training without early stopping", exc)
+        return None
+
+
+class ContrastiveLearner(MetricLearner):
+    name = "siamese"
+    default_loss = "contrastive"
+
+
+class TripletLearner(MetricLearner):
+    name = "triplet"
+    default_loss = "triplet"
+
+
+class DeviationLearner(MetricLearner):
+    name = "deviation"
+    default_loss = "deviation"
+
+
+METRIC_MODELS: dict[str, type[MetricLearner]] = {
+    cls.name: cls for cls in (MetricLearner, ContrastiveLearner, TripletLearner, DeviationLearner)
+}

@@ -1,0 +1,1 @@
+"""The `metaad` command line: a thin Typer shell over `metaad.stages`."""
