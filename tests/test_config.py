@@ -1,0 +1,42 @@
+"""params.yaml parses into typed config; mistakes name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metaad.config import load_params
+from metaad.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_parse_and_override() -> None:
+    p = load_params(ROOT / "params.yaml", {"train.method": "maml", "train.hparams.loss": "triplet"})
+    assert p.train.method == "maml"
+    assert p.train.hparams == {"loss": "triplet"}
+    assert p.episodes.shots == (0, 1, 5, 10)
+    assert p.digest() != load_params(ROOT / "params.yaml").digest()
+    assert p.flat()["episodes.shots"] == "[0, 1, 5, 10]"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"train.steps": "many"}, "train.steps must be an integer"),
+        ({"train.bogus": 1}, r"unknown key\(s\) in train: \['bogus'\]"),
+        ({"episodes.contamination": 2.0}, "contamination must be in"),
+        ({"nosuch.key": 1}, "unknown section"),
+        ({"ingest.source": "csv"}, "ingest.path is not set"),
+        ({"episodes.shots": 5}, "episodes.shots must be a list"),
+    ],
+)
+def test_bad_params_name_the_key(override, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_params(ROOT / "params.yaml", override)
+
+
+def test_missing_file_is_clear(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
