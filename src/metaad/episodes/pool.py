@@ -45,6 +45,9 @@ class Pool:
         if not np.isfinite(self.X).all():
             raise DataError("pool features contain NaN or infinite values")
 
+    def __len__(self) -> int:
+        return len(self.y)
+
     @property
     def n_features(self) -> int:
         return int(self.X.shape[-1])
