@@ -68,6 +68,11 @@ class MetricNet(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(inv_sp1))
         self.beta = nn.Parameter(torch.tensor(inv_sp1))
         self.bias = nn.Parameter(torch.tensor(2.0))
+        # A meta-learned normal centre in embedding space (as Deep SAD's c), with its own
+        # weight and offset: the prior about "normal" that every task starts from.
+        self.center = nn.Parameter(torch.zeros(out_dim))
+        self.gamma = nn.Parameter(torch.tensor(inv_sp1))
+        self.bias_g = nn.Parameter(torch.tensor(1.0))
         self.out_dim = out_dim
         self.raw_dim = raw_dim
 
@@ -91,7 +96,7 @@ class TaskState:
 
     normals_z: torch.Tensor  # (B, n, e) normal support, encoder space
     normals_r: torch.Tensor  # (B, n, r)
-    anom_z: torch.Tensor | None  # (B, e) anomaly prototype, or None when K = 0
+    anom_z: torch.Tensor | None  # (B, K, e) anomaly support, or None when K = 0
     anom_r: torch.Tensor | None
     scale: torch.Tensor  # (B,) the normal support's own leave-one-out distance
 
@@ -99,9 +104,13 @@ class TaskState:
 class MetricCore:
     """The math shared by training, evaluation and serving (one adapt, one score)."""
 
-    def __init__(self, net: MetricNet, k_nn: int) -> None:
+    def __init__(
+        self, net: MetricNet, k_nn: int, global_center: bool = True, anomaly_agg: str = "mean"
+    ) -> None:
         self.net = net
         self.k_nn = k_nn
+        self.global_center = global_center
+        self.anomaly_agg = anomaly_agg
 
     def _mixed(self, qz: torch.Tensor, qr: torch.Tensor, rz: torch.Tensor, rr: torch.Tensor):
         w = F.softplus(self.net.mix)
@@ -133,26 +142,38 @@ class MetricCore:
         else:
             scale = torch.ones(B, device=xs.device)
         anom_mask = ~norm_mask
-        az = z[:, anom_mask].mean(1) if anom_mask.any() else None
-        ar = r[:, anom_mask].mean(1) if anom_mask.any() else None
+        az = z[:, anom_mask] if anom_mask.any() else None
+        ar = r[:, anom_mask] if anom_mask.any() else None
         return TaskState(nz, nr, az, ar, scale.detach().clamp_min(_EPS) + scale - scale.detach())
 
-    def distances(self, st: TaskState, xq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def distances(
+        self, st: TaskState, xq: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Distances of query rows to the normal support, the anomalies and the centre."""
         B, Q = xq.shape[:2]
         qz, qr = self.net.embed(xq.reshape(B * Q, *xq.shape[2:]))
         qz, qr = qz.reshape(B, Q, -1), qr.reshape(B, Q, -1)
         scale = st.scale.clamp_min(_EPS)[:, None]
         dn = self._normal_distance(qz, qr, st.normals_z, st.normals_r) / scale
+        dg = ((qz - self.net.center) ** 2).sum(-1)
         da = None
         if st.anom_z is not None and st.anom_r is not None:
-            da = self._mixed(qz, qr, st.anom_z[:, None], st.anom_r[:, None])[..., 0] / scale
-        return dn, da
+            if self.anomaly_agg == "min":
+                da = self._mixed(qz, qr, st.anom_z, st.anom_r).amin(-1) / scale
+            else:
+                cz, cr = st.anom_z.mean(1, keepdim=True), st.anom_r.mean(1, keepdim=True)
+                da = self._mixed(qz, qr, cz, cr)[..., 0] / scale
+        return dn, da, dg
 
-    def logit(self, dn: torch.Tensor, da: torch.Tensor | None) -> torch.Tensor:
-        zero_shot = F.softplus(self.net.beta) * (dn - self.net.bias)
-        if da is None:
-            return zero_shot
-        return F.softplus(self.net.alpha) * (dn - da) + zero_shot
+    def logit(
+        self, dn: torch.Tensor, da: torch.Tensor | None, dg: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out = F.softplus(self.net.beta) * (dn - self.net.bias)
+        if self.global_center and dg is not None:
+            out = out + F.softplus(self.net.gamma) * (dg - self.net.bias_g)
+        if da is not None:
+            out = out + F.softplus(self.net.alpha) * (dn - da)
+        return out
 
 
 class MetricAdapted:
@@ -168,8 +189,7 @@ class MetricAdapted:
         out = []
         for i in range(0, len(X), chunk):
             xq = torch.as_tensor(X[i : i + chunk], device=self.device)[None]
-            dn, da = self.core.distances(self.state, xq)
-            out.append(self.core.logit(dn, da)[0].double().cpu().numpy())
+            out.append(self.core.logit(*self.core.distances(self.state, xq))[0].double().cpu().numpy())
         return np.concatenate(out) if out else np.empty(0)
 
 
@@ -191,9 +211,13 @@ class MetricLearner(Detector):
         k_nn: int = 5,
         aux_weight: float = 1.0,
         margin: float = 1.0,
+        global_center: bool = True,
+        anomaly_agg: str = "mean",
         seed: int = 0,
     ) -> None:
         loss = loss or self.default_loss
+        if anomaly_agg not in ("mean", "min"):
+            raise ConfigError(f"anomaly_agg must be 'mean' or 'min', got {anomaly_agg!r}")
         if loss not in LOSSES:
             raise ConfigError(f"unknown metric loss {loss!r}; choose one of {list(LOSSES)}")
         if k_nn < 0 or out_dim < 1 or aux_weight < 0 or margin <= 0:
@@ -206,18 +230,19 @@ class MetricLearner(Detector):
             k_nn=int(k_nn),
             aux_weight=float(aux_weight),
             margin=float(margin),
+            global_center=bool(global_center),
+            anomaly_agg=anomaly_agg,
             seed=int(seed),
         )
         torch.manual_seed(seed)
         self.net = MetricNet(self.input_shape, tuple(self.hparams["hidden"]), out_dim)
-        self.core = MetricCore(self.net, int(k_nn))
+        self.core = MetricCore(self.net, int(k_nn), bool(global_center), anomaly_agg)
         self.device = torch.device("cpu")
 
     # -- training -------------------------------------------------------------------------
     def _loss(self, xs, ys, xq, yq) -> torch.Tensor:
         st = self.core.adapt(xs, ys)
-        dn, da = self.core.distances(st, xq)
-        logit = self.core.logit(dn, da)
+        logit = self.core.logit(*self.core.distances(st, xq))
         yqf = yq.float()
         pos = yqf.sum(1, keepdim=True).clamp_min(1)
         neg = (1 - yqf).sum(1, keepdim=True).clamp_min(1)
