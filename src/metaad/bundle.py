@@ -62,7 +62,9 @@ class ModelBundle:
         return Pool(X, y, types.astype(str), tuple(self.preprocessor.output_names))
 
     # -- scoring --------------------------------------------------------------------------
-    def adapt(self, X_support: np.ndarray | None = None, y_support: np.ndarray | None = None) -> Adapted:
+    def adapt(
+        self, X_support: np.ndarray | None = None, y_support: np.ndarray | None = None
+    ) -> Adapted:
         """Adapt to a support set, always including the stored reference normals."""
         Xs, ys = self.reference_normals, np.zeros(len(self.reference_normals), np.int64)
         if X_support is not None and len(X_support):
@@ -72,8 +74,12 @@ class ModelBundle:
             ys = np.concatenate([np.asarray(y_support, np.int64), ys])
         return self.detector.adapt(Xs, ys)
 
-    def score(self, X: np.ndarray, X_support: np.ndarray | None = None,
-              y_support: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self,
+        X: np.ndarray,
+        X_support: np.ndarray | None = None,
+        y_support: np.ndarray | None = None,
+    ) -> np.ndarray:
         return self.adapt(X_support, y_support).score(X)
 
     # -- persistence ----------------------------------------------------------------------

@@ -37,7 +37,9 @@ class Pool:
     def __post_init__(self) -> None:
         n = len(self.X)
         if self.X.ndim not in (2, 3):
-            raise DataError(f"pool features must be 2-D rows or 3-D windows, got shape {self.X.shape}")
+            raise DataError(
+                f"pool features must be 2-D rows or 3-D windows, got shape {self.X.shape}"
+            )
         if len(self.y) != n or len(self.types) != n:
             raise DataError(
                 f"pool arrays disagree in length: X {n}, y {len(self.y)}, types {len(self.types)}"

@@ -96,7 +96,10 @@ def sample_task_batch(
     support_idx = np.concatenate([anom[:, :shots], norm[:, :n_support_normal]], axis=1)
     query_idx = np.concatenate([norm[:, n_support_normal:], anom[:, shots:]], axis=1)
     support_y = np.concatenate(
-        [np.ones((batch_size, shots), np.int64), np.zeros((batch_size, n_support_normal), np.int64)],
+        [
+            np.ones((batch_size, shots), np.int64),
+            np.zeros((batch_size, n_support_normal), np.int64),
+        ],
         axis=1,
     )
     query_y = np.concatenate(
@@ -181,8 +184,10 @@ class EpisodeSet:
                 query_y=self.query_y,
                 meta=np.asarray(
                     json.dumps(
-                        {"pool_fingerprint": self.pool_fingerprint,
-                         "contamination": self.contamination}
+                        {
+                            "pool_fingerprint": self.pool_fingerprint,
+                            "contamination": self.contamination,
+                        }
                     )
                 ),
             )

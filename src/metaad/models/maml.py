@@ -496,6 +496,7 @@ class MAML(Detector):
             list(cfg.shots),
         )
         bar = tqdm(range(1, cfg.steps + 1), desc=f"fit {self.name}", disable=not cfg.progress)
+        best_val, best_state = -math.inf, None
         for step in bar:
             shots = int(cfg.shots[int(rng.integers(len(cfg.shots)))])
             batch = sample_task_batch(
@@ -525,11 +526,21 @@ class MAML(Detector):
             opt.step()
             if val_tasks is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                 values["val_auprc"] = self._validate(*val_tasks)
+                if values["val_auprc"] > best_val:
+                    best_val, best_state = values["val_auprc"], self.state_tensors()
             history.log(step, **values)
             if callback is not None:
                 callback(step, values)
             if cfg.progress:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+        if best_state is not None:
+            # Meta-overfitting to the training types shows up as falling validation AUPRC:
+            # keep the initialisation that adapted best to the held-out validation types.
+            self.load_state_tensors(best_state)
+            self.to(device)
+            logger.info(
+                "%s: kept the weights with the best validation AUPRC %.4f", self.name, best_val
+            )
         return history
 
     def adapt(self, X_support: np.ndarray, y_support: np.ndarray) -> MAMLAdapted:

@@ -1,24 +1,26 @@
 """Metric-based meta-learners: an embedding in which a task's support set is a good detector.
 
-A task is scored by distances to its support set: to the normal support (the mean of the
-``k_nn`` nearest normal support rows, or the normal prototype when ``k_nn`` is 0) and, when
-K > 0, to the anomaly prototype. Distances are measured in two spaces and mixed with learned
-weights: the encoder's embedding, and the raw (scaled) features under a learned diagonal
-metric. The raw path is there because simple raw-feature prototypes are a strong baseline
-on unseen types (CALIBRATION.md): the meta-learner starts from them and learns what to
-reweight or add, instead of learning to forget what the raw features already say.
+A task is scored from its support set in one forward pass (no gradient step at adapt):
 
-Distances are divided by the normal support's own leave-one-out distance, so a task's
-scores do not depend on how spread its normals happen to be. The logit is
+- normal distance: mean distance to the ``k_nn`` nearest normals (support normals plus a
+  ``memory`` bank of meta-train normals kept with the weights; ``k_nn=0`` uses the normal
+  prototype), measured in the encoder's embedding and in the raw features under a learned
+  diagonal metric, mixed with learned weights, and divided by the support normals' own
+  leave-one-out distance so a task's scores do not depend on how spread its normals are;
+- a type-agnostic prior: a linear score on the embedding, learned across meta-train types;
+- when K > 0, the anomaly prototype (``d_normal - d_anomaly``) and two linear heads fitted
+  to the support in closed form (L2 logistic regression by Newton steps from a ridge start,
+  as in R2-D2 / MetaOptNet): one on the embedding and one on the raw features. The raw
+  head is there because simple support-fitted models on raw features are strong on unseen
+  types (CALIBRATION.md); keeping it as its own term means the meta-learner starts from
+  what the raw features already say instead of learning to forget it.
 
-    softplus(alpha) * (d_normal - d_anomaly) + softplus(beta) * (d_normal - bias)
-
-where the first term is the two-prototype classifier (dropped when K = 0) and the second is
-the zero-shot normality score that still works with normals only. The selectable ``loss``
-shapes the embedding (prototypical cross-entropy, siamese contrastive pairs, triplets, or
-DevNet's deviation loss); the same logit scores every variant, and an auxiliary
-cross-entropy on it (``aux_weight``) keeps the K = 0 path trained under every loss.
-Adaptation needs no gradient step: it is a few means over the support.
+The terms are summed with meta-learned positive weights into one logit. The selectable
+``loss`` shapes the embedding (prototypical cross-entropy on that logit, siamese
+contrastive pairs, batch-hard triplets, or DevNet's deviation loss); every variant scores
+with the same logit, and an auxiliary cross-entropy on it (``aux_weight``) keeps the K = 0
+path trained under every loss. ``global_center`` adds a Deep-SAD-style learned normal
+centre (off by default: it lowered zero-shot AUPRC on the synthetic default).
 """
 
 from __future__ import annotations
@@ -58,8 +60,14 @@ def raw_summary(x: torch.Tensor) -> torch.Tensor:
 class MetricNet(nn.Module):
     """Encoder plus the handful of scalars and per-feature weights that the logit uses."""
 
-    def __init__(self, input_shape: tuple[int, ...], hidden: tuple[int, ...], out_dim: int) -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], hidden: tuple[int, ...], out_dim: int, memory: int = 0
+    ) -> None:
         super().__init__()
+        # Meta-train normal rows kept with the weights (filled by fit), so they persist in
+        # weights.pt like any other tensor.
+        self.register_buffer("memory", torch.zeros(memory, *input_shape))
+        self.register_buffer("memory_filled", torch.tensor(False))
         self.encoder = make_encoder(input_shape, hidden=hidden, out_dim=out_dim)
         raw_dim = input_shape[0] if len(input_shape) == 1 else 2 * input_shape[1]
         inv_sp1 = float(np.log(np.expm1(1.0)))  # softplus^-1(1): start at weight 1
@@ -73,6 +81,19 @@ class MetricNet(nn.Module):
         self.center = nn.Parameter(torch.zeros(out_dim))
         self.gamma = nn.Parameter(torch.tensor(inv_sp1))
         self.bias_g = nn.Parameter(torch.tensor(1.0))
+        # Closed-form ridge head on the support (R2-D2, Bertinetto et al. 2019): its
+        # regulariser and its weight in the logit are meta-learned.
+        # A type-agnostic anomaly score learned across the meta-train types (DevNet-like):
+        # the prior that the support terms refine.
+        self.prior = nn.Linear(out_dim, 1)
+        nn.init.zeros_(self.prior.weight)
+        nn.init.zeros_(self.prior.bias)
+        self.ridge_lam = nn.Parameter(torch.tensor(inv_sp1))
+        self.ridge_w = nn.Parameter(torch.tensor(inv_sp1))
+        # The same head on the raw features alone: what a practitioner's logistic regression
+        # on the support would see, kept as its own term so the embedding cannot drown it.
+        self.raw_lam = nn.Parameter(torch.tensor(inv_sp1))
+        self.raw_head_w = nn.Parameter(torch.tensor(inv_sp1))
         self.out_dim = out_dim
         self.raw_dim = raw_dim
 
@@ -94,30 +115,48 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class TaskState:
     """Everything the logit needs from a support set (the adapted state of one task)."""
 
-    normals_z: torch.Tensor  # (B, n, e) normal support, encoder space
+    normals_z: torch.Tensor  # (B, n, e) normal support (plus memory), encoder space
     normals_r: torch.Tensor  # (B, n, r)
     anom_z: torch.Tensor | None  # (B, K, e) anomaly support, or None when K = 0
     anom_r: torch.Tensor | None
     scale: torch.Tensor  # (B,) the normal support's own leave-one-out distance
+    ridge_w: torch.Tensor | None = None  # (B, F) embedding head weights, when K > 0
+    raw_w: torch.Tensor | None = None  # (B, R) raw-feature head weights, when K > 0
 
 
 class MetricCore:
     """The math shared by training, evaluation and serving (one adapt, one score)."""
 
     def __init__(
-        self, net: MetricNet, k_nn: int, global_center: bool = True, anomaly_agg: str = "mean"
+        self,
+        net: MetricNet,
+        k_nn: int,
+        global_center: bool = True,
+        anomaly_agg: str = "mean",
+        ridge: bool = True,
+        prior_head: bool = True,
+        head: str = "logistic",
+        newton_steps: int = 4,
     ) -> None:
         self.net = net
+        self.head = head
+        self.newton_steps = newton_steps
+        self.prior_head = prior_head
         self.k_nn = k_nn
         self.global_center = global_center
         self.anomaly_agg = anomaly_agg
+        self.ridge = ridge
 
     def _mixed(self, qz: torch.Tensor, qr: torch.Tensor, rz: torch.Tensor, rr: torch.Tensor):
         w = F.softplus(self.net.mix)
         return w[0] * _sqdist(qz, rz) + w[1] * _sqdist(qr, rr)
 
     def _normal_distance(
-        self, qz: torch.Tensor, qr: torch.Tensor, nz: torch.Tensor, nr: torch.Tensor,
+        self,
+        qz: torch.Tensor,
+        qr: torch.Tensor,
+        nz: torch.Tensor,
+        nr: torch.Tensor,
         exclude_self: bool = False,
     ) -> torch.Tensor:
         if self.k_nn <= 0:
@@ -130,8 +169,15 @@ class MetricCore:
         k = min(self.k_nn, d.shape[-1] - (1 if exclude_self else 0))
         return d.topk(max(k, 1), dim=-1, largest=False).values.mean(-1)
 
-    def adapt(self, xs: torch.Tensor, ys: torch.Tensor) -> TaskState:
-        """``xs (B, S, ...)``, ``ys (B, S)``; every task of a batch has the same K."""
+    def adapt(
+        self, xs: torch.Tensor, ys: torch.Tensor, memory: torch.Tensor | None = None
+    ) -> TaskState:
+        """``xs (B, S, ...)``, ``ys (B, S)``; every task of a batch has the same K.
+
+        ``memory`` is a bank of meta-train normal rows kept with the model (as k-NN keeps
+        its reference set): it joins every task's normal support, so fifty support normals
+        are not all the model knows about normal.
+        """
         B, S = ys.shape
         z, r = self.net.embed(xs.reshape(B * S, *xs.shape[2:]))
         z, r = z.reshape(B, S, -1), r.reshape(B, S, -1)
@@ -141,38 +187,89 @@ class MetricCore:
             scale = self._normal_distance(nz, nr, nz, nr, exclude_self=True).mean(-1)
         else:
             scale = torch.ones(B, device=xs.device)
+        if memory is not None and len(memory):
+            mz, mr = self.net.embed(memory)
+            nz = torch.cat([nz, mz.unsqueeze(0).expand(B, -1, -1)], dim=1)
+            nr = torch.cat([nr, mr.unsqueeze(0).expand(B, -1, -1)], dim=1)
         anom_mask = ~norm_mask
         az = z[:, anom_mask] if anom_mask.any() else None
         ar = r[:, anom_mask] if anom_mask.any() else None
-        return TaskState(nz, nr, az, ar, scale.detach().clamp_min(_EPS) + scale - scale.detach())
+        st = TaskState(nz, nr, az, ar, scale.detach().clamp_min(_EPS) + scale - scale.detach())
+        if self.ridge and az is not None and ar is not None:
+            pos, neg = self._emb_features(az), self._emb_features(nz)
+            st.ridge_w = self._fit_head(pos, neg, self.net.ridge_lam)
+            pos, neg = self._raw_features(ar), self._raw_features(nr)
+            st.raw_w = self._fit_head(pos, neg, self.net.raw_lam)
+        return st
 
-    def distances(
-        self, st: TaskState, xq: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Distances of query rows to the normal support, the anomalies and the centre."""
+    def _emb_features(self, z: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(*z.shape[:-1], 1, device=z.device, dtype=z.dtype)
+        return torch.cat([z * np.sqrt(self.net.out_dim), ones], dim=-1)
+
+    def _raw_features(self, r: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(*r.shape[:-1], 1, device=r.device, dtype=r.dtype)
+        return torch.cat([r * np.sqrt(self.net.raw_dim), ones], dim=-1)
+
+    def _fit_head(
+        self, pos: torch.Tensor, neg: torch.Tensor, lam_param: torch.Tensor
+    ) -> torch.Tensor:
+        """A class-balanced linear head fitted to the support in closed form.
+
+        ``head="ridge"``: least squares to +-1 (R2-D2, Bertinetto et al. 2019);
+        ``head="logistic"``: L2-regularised logistic regression by a few Newton steps from
+        the ridge solution (as MetaOptNet's differentiable solvers). The system is F x F, so
+        it does not grow with the number of normals, and it is differentiable, so the
+        encoder learns features on which a K-shot linear fit generalises to the whole type.
+        """
+        w_pos = 0.5 / pos.shape[1]
+        w_neg = 0.5 / neg.shape[1]
+        lam = F.softplus(lam_param) * 1e-2 + 1e-5
+        eye = torch.eye(pos.shape[-1], device=pos.device)
+        gram = w_pos * pos.transpose(1, 2) @ pos + w_neg * neg.transpose(1, 2) @ neg
+        rhs = w_pos * pos.sum(1) - w_neg * neg.sum(1)  # targets +1 and -1
+        w = torch.linalg.solve(gram + lam * eye, rhs.unsqueeze(-1)).squeeze(-1)
+        if self.head != "logistic":
+            return w
+        for _ in range(self.newton_steps):
+            pp = torch.sigmoid(pos @ w.unsqueeze(-1)).squeeze(-1)  # (B, K)
+            pn = torch.sigmoid(neg @ w.unsqueeze(-1)).squeeze(-1)  # (B, n)
+            grad = (
+                w_pos * (pos * (pp - 1).unsqueeze(-1)).sum(1)
+                + w_neg * (neg * pn.unsqueeze(-1)).sum(1)
+                + lam * w
+            )
+            hp = (w_pos * pp * (1 - pp)).unsqueeze(-1)
+            hn = (w_neg * pn * (1 - pn)).unsqueeze(-1)
+            hess = (pos * hp).transpose(1, 2) @ pos + (neg * hn).transpose(1, 2) @ neg
+            w = w - torch.linalg.solve(hess + lam * eye, grad.unsqueeze(-1)).squeeze(-1)
+        return w
+
+    def logit(self, st: TaskState, xq: torch.Tensor) -> torch.Tensor:
+        """Anomaly logit of query rows ``xq (B, Q, ...)`` under the task state."""
         B, Q = xq.shape[:2]
         qz, qr = self.net.embed(xq.reshape(B * Q, *xq.shape[2:]))
         qz, qr = qz.reshape(B, Q, -1), qr.reshape(B, Q, -1)
         scale = st.scale.clamp_min(_EPS)[:, None]
         dn = self._normal_distance(qz, qr, st.normals_z, st.normals_r) / scale
-        dg = ((qz - self.net.center) ** 2).sum(-1)
-        da = None
+        out = F.softplus(self.net.beta) * (dn - self.net.bias)
+        if self.prior_head:
+            out = out + self.net.prior(qz * np.sqrt(self.net.out_dim))[..., 0]
+        if self.global_center:
+            dg = ((qz - self.net.center) ** 2).sum(-1)
+            out = out + F.softplus(self.net.gamma) * (dg - self.net.bias_g)
         if st.anom_z is not None and st.anom_r is not None:
             if self.anomaly_agg == "min":
                 da = self._mixed(qz, qr, st.anom_z, st.anom_r).amin(-1) / scale
             else:
                 cz, cr = st.anom_z.mean(1, keepdim=True), st.anom_r.mean(1, keepdim=True)
                 da = self._mixed(qz, qr, cz, cr)[..., 0] / scale
-        return dn, da, dg
-
-    def logit(
-        self, dn: torch.Tensor, da: torch.Tensor | None, dg: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        out = F.softplus(self.net.beta) * (dn - self.net.bias)
-        if self.global_center and dg is not None:
-            out = out + F.softplus(self.net.gamma) * (dg - self.net.bias_g)
-        if da is not None:
             out = out + F.softplus(self.net.alpha) * (dn - da)
+        if st.ridge_w is not None:
+            head = torch.einsum("bqf,bf->bq", self._emb_features(qz), st.ridge_w)
+            out = out + F.softplus(self.net.ridge_w) * head
+        if st.raw_w is not None:
+            head = torch.einsum("bqf,bf->bq", self._raw_features(qr), st.raw_w)
+            out = out + F.softplus(self.net.raw_head_w) * head
         return out
 
 
@@ -189,7 +286,7 @@ class MetricAdapted:
         out = []
         for i in range(0, len(X), chunk):
             xq = torch.as_tensor(X[i : i + chunk], device=self.device)[None]
-            out.append(self.core.logit(*self.core.distances(self.state, xq))[0].double().cpu().numpy())
+            out.append(self.core.logit(self.state, xq)[0].double().cpu().numpy())
         return np.concatenate(out) if out else np.empty(0)
 
 
@@ -211,11 +308,17 @@ class MetricLearner(Detector):
         k_nn: int = 5,
         aux_weight: float = 1.0,
         margin: float = 1.0,
-        global_center: bool = True,
+        global_center: bool = False,
         anomaly_agg: str = "mean",
+        ridge: bool = True,
+        memory: int = 1024,
+        prior_head: bool = True,
+        head: str = "logistic",
         seed: int = 0,
     ) -> None:
         loss = loss or self.default_loss
+        if head not in ("ridge", "logistic"):
+            raise ConfigError(f"head must be 'ridge' or 'logistic', got {head!r}")
         if anomaly_agg not in ("mean", "min"):
             raise ConfigError(f"anomaly_agg must be 'mean' or 'min', got {anomaly_agg!r}")
         if loss not in LOSSES:
@@ -232,17 +335,31 @@ class MetricLearner(Detector):
             margin=float(margin),
             global_center=bool(global_center),
             anomaly_agg=anomaly_agg,
+            ridge=bool(ridge),
+            memory=int(memory),
+            prior_head=bool(prior_head),
+            head=head,
             seed=int(seed),
         )
         torch.manual_seed(seed)
-        self.net = MetricNet(self.input_shape, tuple(self.hparams["hidden"]), out_dim)
-        self.core = MetricCore(self.net, int(k_nn), bool(global_center), anomaly_agg)
+        if memory < 0:
+            raise ConfigError(f"memory must be >= 0, got {memory}")
+        self.net = MetricNet(self.input_shape, tuple(self.hparams["hidden"]), out_dim, int(memory))
+        self.core = MetricCore(
+            self.net,
+            int(k_nn),
+            bool(global_center),
+            anomaly_agg,
+            bool(ridge),
+            bool(prior_head),
+            head,
+        )
         self.device = torch.device("cpu")
 
     # -- training -------------------------------------------------------------------------
     def _loss(self, xs, ys, xq, yq) -> torch.Tensor:
-        st = self.core.adapt(xs, ys)
-        logit = self.core.logit(*self.core.distances(st, xq))
+        st = self.core.adapt(xs, ys, self._memory())
+        logit = self.core.logit(st, xq)
         yqf = yq.float()
         pos = yqf.sum(1, keepdim=True).clamp_min(1)
         neg = (1 - yqf).sum(1, keepdim=True).clamp_min(1)
@@ -293,6 +410,15 @@ class MetricLearner(Detector):
         self.net.to(self.device)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
+        n_mem = len(self.net.memory)
+        if n_mem:
+            normals = pool.normal_idx
+            pick = np.sort(rng.choice(normals, size=min(n_mem, len(normals)), replace=False))
+            mem = torch.as_tensor(pool.X[pick], device=self.device)
+            if len(pick) < n_mem:  # a small pool: repeat rows rather than leave zeros
+                mem = mem[torch.arange(n_mem) % len(pick)]
+            self.net.memory.copy_(mem)
+            self.net.memory_filled.fill_(True)
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         hist = History()
         val_tasks = _fixed_val_tasks(val, cfg) if val is not None else None
@@ -301,8 +427,12 @@ class MetricLearner(Detector):
         for step in bar:
             shots = int(rng.choice(cfg.shots))
             tb = sample_task_batch(
-                pool, rng, batch_size=cfg.meta_batch, shots=shots,
-                n_support_normal=cfg.n_support_normal, n_query_normal=cfg.n_query_normal,
+                pool,
+                rng,
+                batch_size=cfg.meta_batch,
+                shots=shots,
+                n_support_normal=cfg.n_support_normal,
+                n_query_normal=cfg.n_query_normal,
                 n_query_anomaly=cfg.n_query_anomaly,
             )
             xs, xq = self._gather(pool, tb.support_idx), self._gather(pool, tb.query_idx)
@@ -339,8 +469,8 @@ class MetricLearner(Detector):
         for tb in tasks:
             xs, xq = self._gather(val, tb.support_idx), self._gather(val, tb.query_idx)
             ys = torch.as_tensor(tb.support_y, device=self.device)
-            st = self.core.adapt(xs, ys)
-            s = self.core.logit(*self.core.distances(st, xq)).float().cpu().numpy()
+            st = self.core.adapt(xs, ys, self._memory())
+            s = self.core.logit(st, xq).float().cpu().numpy()
             vals += [average_precision_score(tb.query_y[i], s[i]) for i in range(len(s))]
         return float(np.mean(vals))
 
@@ -352,8 +482,12 @@ class MetricLearner(Detector):
         order = np.argsort(-np.asarray(y_support), kind="stable")  # anomalies first
         xs = torch.as_tensor(np.asarray(X_support, dtype=np.float32)[order], device=self.device)
         ys = torch.as_tensor(np.asarray(y_support, dtype=np.int64)[order], device=self.device)
-        state = self.core.adapt(xs[None], ys[None])
+        state = self.core.adapt(xs[None], ys[None], self._memory())
         return MetricAdapted(self.core, state, self.device)
+
+    def _memory(self) -> torch.Tensor | None:
+        mem = self.net.memory
+        return mem if len(mem) and bool(self.net.memory_filled) else None
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -381,8 +515,13 @@ def _fixed_val_tasks(val: Pool, cfg: FitConfig) -> list[Any] | None:
     try:
         return [
             sample_task_batch(
-                val, rng, batch_size=8, shots=shots, n_support_normal=cfg.n_support_normal,
-                n_query_normal=200, n_query_anomaly=10,
+                val,
+                rng,
+                batch_size=8,
+                shots=shots,
+                n_support_normal=cfg.n_support_normal,
+                n_query_normal=200,
+                n_query_anomaly=10,
             )
             for _ in range(2)
         ]

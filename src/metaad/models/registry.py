@@ -45,7 +45,9 @@ def create(name: str, input_shape: tuple[int, ...], **hparams: Any) -> Detector:
     cls = get_class(name)
     try:
         return cls(tuple(input_shape), **hparams)
-    except TypeError as exc:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad hyperparameters for {name!r} {sorted(hparams)}: {exc}") from exc
 
 
