@@ -49,8 +49,47 @@ def maml_adapt(
     return call
 
 
+def proto_adapt(
+    input_dim: int, shots: int, n_normal: int, device: torch.device
+) -> Callable[[], object]:
+    """The prototypical learner with its defaults (memory of 1,024 meta-train normals,
+    closed-form logistic heads): adaptation is a forward pass and two small solves."""
+    return _metric_adapt(input_dim, shots, n_normal, device)
+
+
+def prototypes_only_adapt(
+    input_dim: int, shots: int, n_normal: int, device: torch.device
+) -> Callable[[], object]:
+    """The plain prototypical configuration (no memory, no fitted heads)."""
+    return _metric_adapt(input_dim, shots, n_normal, device, ridge=False, memory=0)
+
+
+def _metric_adapt(
+    input_dim: int, shots: int, n_normal: int, device: torch.device, **hparams: object
+) -> Callable[[], object]:
+    from metaad.models.metric import MetricLearner
+
+    det = MetricLearner((input_dim,), **hparams)  # type: ignore[arg-type]
+    if len(det.net.memory):
+        det.net.memory.copy_(torch.randn_like(det.net.memory))
+        det.net.memory_filled.fill_(True)
+    det.net.to(device)
+    det.device = device
+    X, y = support_set(input_dim, shots, n_normal)
+
+    def call() -> object:
+        adapted = det.adapt(X, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return adapted
+
+    return call
+
+
 #: name -> (setup, target median in ms)
 METHODS: dict[str, tuple[Setup, float]] = {
+    "proto": (proto_adapt, 2.0),
+    "proto_plain": (prototypes_only_adapt, 2.0),
     "maml": (maml_adapt, 20.0),
 }
 

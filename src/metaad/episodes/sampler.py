@@ -38,21 +38,32 @@ class TaskBatch:
 def _draw_without_replacement(
     rng: np.random.Generator, population: np.ndarray, batch: int, n: int
 ) -> np.ndarray:
-    """``batch`` independent draws of ``n`` distinct elements of ``population``.
+    """``batch`` independent draws of ``n`` distinct elements of ``population``, exactly.
 
-    Small populations use an argpartition of random keys (exact, vectorised); large ones
-    draw with replacement, where a repeat is rare enough not to matter for training.
+    When the population is large next to ``n``, positions are drawn with replacement and
+    only the rows that came out with a repeat are drawn again (a few rounds at most); small
+    populations use an argpartition of random keys. Both are vectorised over the batch.
     """
     size = len(population)
     if n == 0:
         return np.empty((batch, 0), dtype=np.int64)
     if n > size:
         raise DataError(f"cannot draw {n} distinct rows from a group of {size}")
-    if size <= 4096:
-        keys = rng.random((batch, size))
-        pick = np.argpartition(keys, n - 1, axis=1)[:, :n] if n < size else np.argsort(keys, 1)
-        return population[pick]
-    return population[rng.integers(0, size, size=(batch, n))]
+    if size >= 4 * n:
+        pos = rng.integers(0, size, size=(batch, n))
+        todo = np.arange(batch)
+        for _ in range(32):
+            srt = np.sort(pos[todo], axis=1)
+            todo = todo[(srt[:, 1:] == srt[:, :-1]).any(axis=1)]
+            if len(todo) == 0:
+                return population[pos]
+            pos[todo] = rng.integers(0, size, size=(len(todo), n))
+        keys = rng.random((len(todo), size))  # vanishingly rare: finish the stragglers exactly
+        pos[todo] = np.argpartition(keys, n - 1, axis=1)[:, :n]
+        return population[pos]
+    keys = rng.random((batch, size))
+    pick = np.argpartition(keys, n - 1, axis=1)[:, :n] if n < size else np.argsort(keys, 1)
+    return population[pick]
 
 
 def sample_task_batch(

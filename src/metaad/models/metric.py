@@ -162,15 +162,29 @@ class MetricCore:
         if self.k_nn <= 0:
             cz, cr = nz.mean(1, keepdim=True), nr.mean(1, keepdim=True)
             return self._mixed(qz, qr, cz, cr)[..., 0]
-        d = self._mixed(qz, qr, nz, nr)
         if exclude_self:
+            d = self._mixed(qz, qr, nz, nr)
             eye = torch.eye(d.shape[-1], dtype=torch.bool, device=d.device)
             d = d.masked_fill(eye, float("inf"))
-        k = min(self.k_nn, d.shape[-1] - (1 if exclude_self else 0))
-        return d.topk(max(k, 1), dim=-1, largest=False).values.mean(-1)
+            k = max(min(self.k_nn, d.shape[-1] - 1), 1)
+            return d.topk(k, dim=-1, largest=False).values.mean(-1)
+        # Both spaces in one product: w0|dz|^2 + w1|dr|^2 = |[sqrt(w0) dz, sqrt(w1) dr]|^2.
+        # The query's own norm does not change which normals are nearest, so it is added
+        # after the top-k; scoring a million rows is then one matmul and one top-k.
+        w = F.softplus(self.net.mix).sqrt()
+        fq = torch.cat([w[0] * qz, w[1] * qr], dim=-1)
+        fn = torch.cat([w[0] * nz, w[1] * nr], dim=-1)
+        partial = torch.baddbmm((fn * fn).sum(-1).unsqueeze(1), fq, fn.transpose(1, 2), alpha=-2)
+        k = max(min(self.k_nn, partial.shape[-1]), 1)
+        near = partial.topk(k, dim=-1, largest=False).values.mean(-1)
+        return (near + (fq * fq).sum(-1)).clamp_min(0.0)
 
     def adapt(
-        self, xs: torch.Tensor, ys: torch.Tensor, memory: torch.Tensor | None = None
+        self,
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TaskState:
         """``xs (B, S, ...)``, ``ys (B, S)``; every task of a batch has the same K.
 
@@ -187,8 +201,8 @@ class MetricCore:
             scale = self._normal_distance(nz, nr, nz, nr, exclude_self=True).mean(-1)
         else:
             scale = torch.ones(B, device=xs.device)
-        if memory is not None and len(memory):
-            mz, mr = self.net.embed(memory)
+        if memory_emb is not None or (memory is not None and len(memory)):
+            mz, mr = memory_emb if memory_emb is not None else self.net.embed(memory)
             nz = torch.cat([nz, mz.unsqueeze(0).expand(B, -1, -1)], dim=1)
             nr = torch.cat([nr, mr.unsqueeze(0).expand(B, -1, -1)], dim=1)
         anom_mask = ~norm_mask
@@ -311,7 +325,7 @@ class MetricLearner(Detector):
         global_center: bool = False,
         anomaly_agg: str = "mean",
         ridge: bool = True,
-        memory: int = 1024,
+        memory: int = 512,
         prior_head: bool = True,
         head: str = "logistic",
         seed: int = 0,
@@ -355,6 +369,7 @@ class MetricLearner(Detector):
             head,
         )
         self.device = torch.device("cpu")
+        self._mem_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- training -------------------------------------------------------------------------
     def _loss(self, xs, ys, xq, yq) -> torch.Tensor:
@@ -408,6 +423,7 @@ class MetricLearner(Detector):
             raise ConfigError(f"pool input shape {pool.input_shape} != model {self.input_shape}")
         self.device = resolve_device(cfg.device)
         self.net.to(self.device)
+        self._mem_cache = None
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         n_mem = len(self.net.memory)
@@ -482,8 +498,18 @@ class MetricLearner(Detector):
         order = np.argsort(-np.asarray(y_support), kind="stable")  # anomalies first
         xs = torch.as_tensor(np.asarray(X_support, dtype=np.float32)[order], device=self.device)
         ys = torch.as_tensor(np.asarray(y_support, dtype=np.int64)[order], device=self.device)
-        state = self.core.adapt(xs[None], ys[None], self._memory())
+        state = self.core.adapt(xs[None], ys[None], memory_emb=self._memory_embedding())
         return MetricAdapted(self.core, state, self.device)
+
+    def _memory_embedding(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The memory bank's embedding, computed once after training (adapt stays fast)."""
+        mem = self._memory()
+        if mem is None:
+            return None
+        if getattr(self, "_mem_cache", None) is None:
+            with torch.no_grad():
+                self._mem_cache = self.net.embed(mem)
+        return self._mem_cache
 
     def _memory(self) -> torch.Tensor | None:
         mem = self.net.memory
@@ -502,6 +528,7 @@ class MetricLearner(Detector):
         state = torch.load(Path(directory) / "weights.pt", weights_only=True, map_location="cpu")
         self.net.load_state_dict(state)
         self.net.to(self.device).eval()
+        self._mem_cache = None
 
 
 def _clone_state(net: nn.Module) -> dict[str, torch.Tensor]:
