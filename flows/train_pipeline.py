@@ -42,23 +42,55 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _episodes_cache_key(context: Any, arguments: dict[str, Any]) -> str:
-    """Inputs that fully determine the episodes: the data, the params, the code, the outputs.
+#: Written by the flow's episodes task beside ``artifacts/episodes`` (not inside it, which
+#: is a DVC output): the cache key the files were built for and the digests of the files.
+EPISODES_STAMP = ".flow_episodes_cache.json"
 
-    The outputs' own digest is part of the key, so deleting ``artifacts/episodes`` is a
-    cache miss and the files are written again rather than silently missing.
+
+def episodes_inputs_key(params: Params, root: Path) -> str:
+    """Inputs that fully determine the episodes: the data, their params, the code.
+
+    Only the ``ingest`` and ``episodes`` sections count: a new ``train.steps`` must not
+    rebuild the episodes. Whether the files are really there is checked apart from the
+    key (:func:`episodes_outputs_current`).
     """
-    params: Params = arguments["params"]
-    root = Path(arguments["root"])
+    cfg = params.to_dict()
     parts = [
-        params.digest(),
+        json.dumps({"ingest": cfg["ingest"], "episodes": cfg["episodes"]}, sort_keys=True),
         _file_digest(stages.Layout(root).table(params)),
         _file_digest(Path(stages.__file__)),
         _file_digest(Path(stages.__file__).parent / "episodes"),
-        _file_digest(stages.Layout(root).episodes / "manifest.json"),
-        _file_digest(stages.Layout(root).episodes / "episodes.npz"),
     ]
     return "metaad-episodes-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def _episodes_outputs_digest(root: Path) -> str:
+    return _file_digest(stages.Layout(root).episodes)
+
+
+def episodes_outputs_current(params: Params, root: Path) -> bool:
+    """True when ``artifacts/episodes`` holds, unmodified, what these inputs build.
+
+    The flow uses a cached result only then: a cache key alone cannot know that the files
+    were deleted or rebuilt from other inputs (by ``metaad episodes``, ``dvc repro``) after
+    the cached run, and a hit would then skip writing them.
+    """
+    d = stages.Layout(root).episodes
+    stamp = stages.Layout(root).artifacts / EPISODES_STAMP
+    if not (stamp.is_file() and (d / "episodes.npz").is_file()):
+        return False
+    try:
+        rec = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(
+        rec.get("key") == episodes_inputs_key(params, root)
+        and rec.get("outputs") == _episodes_outputs_digest(root)
+    )
+
+
+def _episodes_cache_key(context: Any, arguments: dict[str, Any]) -> str:
+    return episodes_inputs_key(arguments["params"], Path(arguments["root"]))
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -70,7 +102,7 @@ def obtain_data(params: Params, root: Path) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def validate_data(params: Params, root: Path) -> dict[str, Any]:
+def validate_data(params: Params, root: Path, tracking_uri: str | None) -> dict[str, Any]:
     """The Great Expectations gate; a failure records an MLflow run and fails the flow."""
     from metaad.validation import ValidationFailed
 
@@ -83,8 +115,9 @@ def validate_data(params: Params, root: Path) -> dict[str, Any]:
             markdown="# Data validation FAILED\n\n```\n" + exc.report.summary() + "\n```",
             description="Great Expectations gate",
         )
-        rid = governance.record_failed_validation(params, root, exc.report,
-                                                  flow_run_id=flow_run.get_id())
+        rid = governance.record_failed_validation(
+            params, root, exc.report, flow_run_id=flow_run.get_id(), tracking_uri=tracking_uri
+        )
         logger.error("validation failed (MLflow run %s):\n%s", rid, exc.report.summary())
         raise
     create_markdown_artifact(
@@ -98,31 +131,48 @@ def validate_data(params: Params, root: Path) -> dict[str, Any]:
 
 @task(cache_key_fn=_episodes_cache_key, persist_result=True)
 def make_episodes(params: Params, root: Path) -> dict[str, Any]:
-    """Deterministic given data, params and code: cached on exactly those."""
+    """Deterministic given data, params and code: cached on exactly those.
+
+    The flow forces a refresh when the files on disk are not the ones this key built
+    (:func:`episodes_outputs_current`).
+    """
     prep = stages.build_episodes(params, root)
+    stamp = {"key": episodes_inputs_key(params, root), "outputs": _episodes_outputs_digest(root)}
+    (stages.Layout(root).artifacts / EPISODES_STAMP).write_text(json.dumps(stamp))
     return {"split": prep.split.to_dict(), "n_episodes": len(prep.episodes)}
 
 
 @task(cache_policy=NO_CACHE)
 def meta_train(params: Params, root: Path) -> dict[str, Any]:
     res = stages.train(params, root)
-    return {"method": params.train.method, "seconds": res.seconds,
-            "threshold": res.bundle.threshold}
+    return {
+        "method": params.train.method,
+        "seconds": res.seconds,
+        "threshold": res.bundle.threshold,
+    }
 
 
 @task(cache_policy=NO_CACHE)
 def evaluate_all(params: Params, root: Path) -> dict[str, Any]:
     res = stages.evaluate(params, root)
-    create_markdown_artifact(key="metaad-results", markdown=res.markdown,
-                             description="Unseen-type results on the frozen episodes")
+    create_markdown_artifact(
+        key="metaad-results",
+        markdown=res.markdown,
+        description="Unseen-type results on the frozen episodes",
+    )
     return {"markdown": res.markdown, "best": res.results["extra"]["best_at_gate_k"]}
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_and_promote(params: Params, root: Path, tracking_uri: str | None) -> dict[str, Any]:
     """I/O with the MLflow store: register the challenger and apply the promotion gate."""
-    res = governance.register_and_gate(params, root, validation_passed=True,
-                                       flow_run_id=flow_run.get_id(), tracking_uri=tracking_uri)
+    res = governance.register_and_gate(
+        params,
+        root,
+        validation_passed=True,
+        flow_run_id=flow_run.get_id(),
+        tracking_uri=tracking_uri,
+    )
     verdict = "PROMOTED to champion" if res.promoted else "NOT promoted"
     create_markdown_artifact(
         key="metaad-promotion",
@@ -147,15 +197,18 @@ def train_pipeline(
     params = load_params(base / params_path, overrides or {})
     logger = get_run_logger()
     logger.info("data: %s", obtain_data(params, base))
-    validate_data(params, base)
-    make_episodes(params, base)
+    validate_data(params, base, tracking_uri)
+    current = episodes_outputs_current(params, base)
+    make_episodes.with_options(refresh_cache=not current)(params, base)
     trained = meta_train(params, base)
     evaluated = evaluate_all(params, base)
     gate = register_and_promote(params, base, tracking_uri)
     create_markdown_artifact(
         key="metaad-run-summary",
-        markdown=evaluated["markdown"] + "\n\n## Promotion\n\n"
-        + ("promoted" if gate["promoted"] else "not promoted") + "\n\n"
+        markdown=evaluated["markdown"]
+        + "\n\n## Promotion\n\n"
+        + ("promoted" if gate["promoted"] else "not promoted")
+        + "\n\n"
         + "\n".join(f"- {r}" for r in gate["reasons"]),
         description="metaad pipeline run",
     )
@@ -164,24 +217,58 @@ def train_pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     """The main job: run the flow, then say what happened and where to look."""
+    from metaad.validation import ValidationFailed
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a parameter, e.g. -S train.method=maml")
+    ap.add_argument("--params", default="params.yaml", help="params file, relative to --root")
+    ap.add_argument(
+        "--set",
+        "-S",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. -S train.method=maml",
+    )
+    ap.add_argument(
+        "--root", default=None, help=f"project root: data/, artifacts/, mlflow/ (default {ROOT})"
+    )
+    ap.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <root>/mlflow/mlflow.db)",
+    )
     args = ap.parse_args(argv)
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        ap.error(f"--set expects KEY=VALUE, got {bad}")
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    out = train_pipeline(params_path=args.params, overrides=overrides)
+    try:
+        out = train_pipeline(
+            params_path=args.params,
+            overrides=overrides,
+            root=args.root,
+            tracking_uri=args.tracking_uri,
+        )
+    except ValidationFailed as exc:
+        print(
+            f"The data gate stopped the pipeline; nothing was registered.\n{exc}", file=sys.stderr
+        )
+        return 1
     gate = out["gate"]
     print(out["evaluated"]["markdown"])
     print()
-    print(f"Model {gate['model_name']} version {gate['version']}: "
-          f"{'PROMOTED to @champion' if gate['promoted'] else 'not promoted'}")
+    print(
+        f"Model {gate['model_name']} version {gate['version']}: "
+        f"{'PROMOTED to @champion' if gate['promoted'] else 'not promoted'}"
+    )
     for r in gate["reasons"]:
         print(f"  {r}")
     print(f"Champion: version {gate['champion']}")
     print(f"\nLook at it:  mlflow ui --backend-store-uri {gate['tracking_uri']}")
-    print(f"Serve it:    MLFLOW_TRACKING_URI={gate['tracking_uri']} mlflow models serve "
-          f"-m models:/{gate['model_name']}@champion --env-manager local -p 5001")
+    print(
+        f"Serve it:    MLFLOW_TRACKING_URI={gate['tracking_uri']} mlflow models serve "
+        f"-m models:/{gate['model_name']}@champion --env-manager local -p 5001"
+    )
     print(json.dumps({"decision": gate["decision_path"]}))
     return 0
 

@@ -102,8 +102,14 @@ def _pool(df: pd.DataFrame) -> Pool:
 
 def test_same_seed_gives_byte_identical_episodes(tmp_path) -> None:
     pool = _pool(_table())
-    kw = dict(shots=[0, 1, 5, 10], n_episodes=4, n_support_normal=50, n_query_normal=400,
-              contamination=0.05, seed=5)
+    kw = dict(
+        shots=[0, 1, 5, 10],
+        n_episodes=4,
+        n_support_normal=50,
+        n_query_normal=400,
+        contamination=0.05,
+        seed=5,
+    )
     a = build_eval_episodes(pool, **kw).save(tmp_path / "a.npz")
     b = build_eval_episodes(pool, **kw).save(tmp_path / "b.npz")
     c = build_eval_episodes(pool, **{**kw, "seed": 6}).save(tmp_path / "c.npz")
@@ -113,8 +119,15 @@ def test_same_seed_gives_byte_identical_episodes(tmp_path) -> None:
 
 def test_episodes_are_well_formed(tmp_path) -> None:
     pool = _pool(_table())
-    eps = build_eval_episodes(pool, shots=[0, 5], n_episodes=3, n_support_normal=50,
-                              n_query_normal=380, contamination=0.05, seed=1)
+    eps = build_eval_episodes(
+        pool,
+        shots=[0, 5],
+        n_episodes=3,
+        n_support_normal=50,
+        n_query_normal=380,
+        contamination=0.05,
+        seed=1,
+    )
     assert len(eps) == 6 * 2 * 3
     for ep in eps:
         assert len(set(ep.support_idx) & set(ep.query_idx)) == 0
@@ -132,24 +145,52 @@ def test_episodes_are_well_formed(tmp_path) -> None:
 def test_type_with_fewer_rows_than_k_is_a_clear_error() -> None:
     df = _table(n_per_type=12)
     with pytest.raises(DataError, match=r"anomaly type 't0' has 12 rows.*K=10"):
-        build_eval_episodes(_pool(df), shots=[10], n_episodes=1, n_support_normal=10,
-                            n_query_normal=100, contamination=0.05, seed=0)
+        build_eval_episodes(
+            _pool(df),
+            shots=[10],
+            n_episodes=1,
+            n_support_normal=10,
+            n_query_normal=100,
+            contamination=0.05,
+            seed=0,
+        )
 
 
 def test_bad_episode_arguments() -> None:
     pool = _pool(_table())
     with pytest.raises(ConfigError, match="contamination"):
-        build_eval_episodes(pool, shots=[1], n_episodes=1, n_support_normal=5,
-                            n_query_normal=10, contamination=1.5, seed=0)
+        build_eval_episodes(
+            pool,
+            shots=[1],
+            n_episodes=1,
+            n_support_normal=5,
+            n_query_normal=10,
+            contamination=1.5,
+            seed=0,
+        )
     with pytest.raises(ConfigError, match="batch_size"):
-        sample_task_batch(pool, np.random.default_rng(0), batch_size=0, shots=1,
-                          n_support_normal=5, n_query_normal=5, n_query_anomaly=5)
+        sample_task_batch(
+            pool,
+            np.random.default_rng(0),
+            batch_size=0,
+            shots=1,
+            n_support_normal=5,
+            n_query_normal=5,
+            n_query_anomaly=5,
+        )
 
 
 def test_task_batches_are_index_arrays_of_one_type() -> None:
     pool = _pool(_table())
-    tb = sample_task_batch(pool, np.random.default_rng(0), batch_size=32, shots=5,
-                           n_support_normal=20, n_query_normal=30, n_query_anomaly=10)
+    tb = sample_task_batch(
+        pool,
+        np.random.default_rng(0),
+        batch_size=32,
+        shots=5,
+        n_support_normal=20,
+        n_query_normal=30,
+        n_query_anomaly=10,
+    )
     assert tb.support_idx.shape == (32, 25) and tb.query_idx.shape == (32, 40)
     for b in range(32):
         assert len(set(tb.support_idx[b]) & set(tb.query_idx[b])) == 0
@@ -160,15 +201,19 @@ def test_task_batches_are_index_arrays_of_one_type() -> None:
 
 def test_windows_stay_inside_series_and_carry_types() -> None:
     n = 200
-    df = pd.DataFrame({
-        "series_id": np.repeat([0, 1], n // 2),
-        "timestamp": np.tile(np.arange(n // 2), 2),
-        "s0": np.arange(n, dtype=float),
-    })
+    df = pd.DataFrame(
+        {
+            "series_id": np.repeat([0, 1], n // 2),
+            "timestamp": np.tile(np.arange(n // 2), 2),
+            "s0": np.arange(n, dtype=float),
+        }
+    )
     df["label"] = 0
     df["anomaly_type"] = "normal"
     df.loc[(df.series_id == 1) & (df.timestamp.between(40, 60)), ["label", "anomaly_type"]] = [
-        1, "step"]
+        1,
+        "step",
+    ]
     X = df[["s0"]].to_numpy(np.float32)
     W, y, t, g = make_windows(df, X, window=16, stride=8)
     assert W.shape[1:] == (16, 1)

@@ -61,20 +61,20 @@ def test_every_method_detects_unseen_types(method, prepared, tmp_path) -> None:
             b = again.adapt(test.X[ep.support_idx], ep.support_y).score(test.X[ep.query_idx])
             np.testing.assert_array_equal(a, b)
     if family_of(method) != "baseline":
-        steps, losses = hist.series("loss")
+        _steps, losses = hist.series("loss")
         assert np.mean(losses[-20:]) < np.mean(losses[:20]), "meta-training loss did not fall"
 
 
 def test_unknown_method_lists_valid_names() -> None:
     from metaad.errors import UnknownMethodError
 
-    with pytest.raises(UnknownMethodError, match="valid methods: .*proto"):
+    with pytest.raises(UnknownMethodError, match=r"valid methods: .*proto"):
         create("protonet9000", (4,))
 
 
 @pytest.mark.parametrize("method", ["proto", "maml"])
 def test_bad_inputs_raise_clear_errors(method, prepared) -> None:
-    params, prep = prepared
+    _params, prep = prepared
     det = create(method, prep.pools["train"].input_shape)
     d = prep.pools["train"].input_shape[0]
     ok_x = np.zeros((6, d), np.float32)

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from metaad.data.schema import LABEL, SERIES, TYPE
-from metaad.episodes.preprocess import Preprocessor, make_windows
 from metaad.episodes.pool import Pool
+from metaad.episodes.preprocess import Preprocessor, make_windows
 from metaad.errors import DataError
 from metaad.models.base import Adapted, Detector
 from metaad.models.registry import load_detector

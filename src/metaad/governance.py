@@ -85,25 +85,39 @@ def register_and_gate(
     lay = Layout(root)
     uri = tracking_uri or default_tracking_uri(root)
     per_episode = pd.read_csv(lay.eval / "per_episode.csv")
-    run_id = log_pipeline_run(params, root, per_episode=per_episode, flow_run_id=flow_run_id,
-                              tracking_uri=uri)
+    run_id = log_pipeline_run(
+        params, root, per_episode=per_episode, flow_run_id=flow_run_id, tracking_uri=uri
+    )
     test_rows = pd.read_parquet(lay.episodes / "test_rows.parquet")
-    mv = log_and_register_model(lay.model, params, test_rows, run_id=run_id, root=root,
-                                tracking_uri=uri, flow_run_id=flow_run_id)
+    mv = log_and_register_model(
+        lay.model,
+        params,
+        test_rows,
+        run_id=run_id,
+        root=root,
+        tracking_uri=uri,
+        flow_run_id=flow_run_id,
+    )
     name, version = params.register.model_name, str(mv.version)
     sample = input_example(lay.model, test_rows, n=50)
     loads_ok, load_error = check_loads(f"models:/{name}/{version}", sample, tracking_uri=uri)
     method = json.loads((lay.model / "bundle.json").read_text())["method"]
     challenger = per_episode_at(per_episode, method, params.promote.k)
-    champion, champ_version = None, None
+    champion, _champ_version = None, None
     champion_note = None
     try:
-        champion, champ_version = _champion_per_episode(uri, params, root, version)
+        champion, _champ_version = _champion_per_episode(uri, params, root, version)
     except Exception as exc:  # a champion that cannot be re-scored must not block forever
         champion_note = f"the current champion could not be scored on these episodes: {exc}"
         log.warning(champion_note)
-    decision = decide(challenger, champion, params.promote, validation_passed=validation_passed,
-                      loads_ok=loads_ok, load_error=load_error)
+    decision = decide(
+        challenger,
+        champion,
+        params.promote,
+        validation_passed=validation_passed,
+        loads_ok=loads_ok,
+        load_error=load_error,
+    )
     if champion_note:
         decision = type(decision)(
             promote=False,
@@ -111,17 +125,30 @@ def register_and_gate(
             metrics=decision.metrics,
         )
     client = MlflowClient(tracking_uri=uri)
-    outcome = promote(client, name, version, decision,
-                      decision_path=lay.artifacts / "promotion" / "decision.json")
+    outcome = promote(
+        client, name, version, decision, decision_path=lay.artifacts / "promotion" / "decision.json"
+    )
     client.log_artifact(run_id, str(lay.artifacts / "promotion" / "decision.json"), "promotion")
     client.set_tag(run_id, "promotion.decision", decision.label)
     after = version if outcome.promoted else outcome.previous_champion
-    return GateResult(run_id, name, version, outcome.promoted, after, list(decision.reasons),
-                      str(outcome.decision_path), uri)
+    return GateResult(
+        run_id,
+        name,
+        version,
+        outcome.promoted,
+        after,
+        list(decision.reasons),
+        str(outcome.decision_path),
+        uri,
+    )
 
 
 def record_failed_validation(
-    params: Params, root: Path, report: Any, *, flow_run_id: str | None = None,
+    params: Params,
+    root: Path,
+    report: Any,
+    *,
+    flow_run_id: str | None = None,
     tracking_uri: str | None = None,
 ) -> str:
     """An MLflow run marked FAILED that carries the validation report; nothing is registered."""
@@ -133,9 +160,11 @@ def record_failed_validation(
     uri = tracking_uri or default_tracking_uri(Path(root))
     exp = ensure_experiment(params.register.experiment, Path(root), tracking_uri=uri)
     client = MlflowClient(tracking_uri=uri)
-    run = client.create_run(exp, run_name="validation-failed",
-                            tags={**lineage_tags(Path(root), params, flow_run_id),
-                                  "validation": "failed"})
+    run = client.create_run(
+        exp,
+        run_name="validation-failed",
+        tags={**lineage_tags(Path(root), params, flow_run_id), "validation": "failed"},
+    )
     rid = run.info.run_id
     lay = Layout(Path(root))
     if (lay.validation / "report.json").exists():

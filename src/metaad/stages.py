@@ -86,8 +86,9 @@ def ingest(params: Params, root: Path, progress: bool = False) -> Path:
     if ing.source == "synthetic":
         from metaad.data.synthetic import write
 
-        write(ing.domain, ing.n_rows, ing.seed, out, anomaly_rate=ing.anomaly_rate,
-              progress=progress)
+        write(
+            ing.domain, ing.n_rows, ing.seed, out, anomaly_rate=ing.anomaly_rate, progress=progress
+        )
     else:
         from metaad.data.importer import import_table
 
@@ -106,9 +107,7 @@ def ingest(params: Params, root: Path, progress: bool = False) -> Path:
 def load_table(params: Params, root: Path) -> pd.DataFrame:
     path = Layout(root).table(params)
     if not path.exists():
-        raise DataError(
-            f"{path} does not exist: run `metaad data pull` (or `metaad ingest`) first"
-        )
+        raise DataError(f"{path} does not exist: run `metaad data pull` (or `metaad ingest`) first")
     return pd.read_parquet(path)
 
 
@@ -160,7 +159,9 @@ def _pool(df: pd.DataFrame, pre: Preprocessor, window: dict[str, int] | None) ->
         W, y, t, g = make_windows(df, X, **window)
         return Pool(W, y, t, tuple(pre.output_names), g.astype(np.int64))
     return Pool(
-        X, df[LABEL].to_numpy(np.int64), df[TYPE].astype(str).to_numpy(),
+        X,
+        df[LABEL].to_numpy(np.int64),
+        df[TYPE].astype(str).to_numpy(),
         tuple(pre.output_names),
     )
 
@@ -173,8 +174,13 @@ def build_episodes(params: Params, root: Path, df: pd.DataFrame | None = None) -
     cats = _categorical(params)
     check_canonical(df, categorical=cats)
     split = split_types(
-        anomaly_types(df), seed=e.seed, n_val=e.n_val_types, n_test=e.n_test_types,
-        train=e.train_types, val=e.val_types, test=e.test_types,
+        anomaly_types(df),
+        seed=e.seed,
+        n_val=e.n_val_types,
+        n_test=e.n_test_types,
+        train=e.train_types,
+        val=e.val_types,
+        test=e.test_types,
     )
     rows = assign_rows(df, split, seed=e.seed)
     frames = {s: df[rows == s] for s in ("train", "val", "test")}
@@ -191,9 +197,14 @@ def build_episodes(params: Params, root: Path, df: pd.DataFrame | None = None) -
                 f" plus the query anomalies need {need}"
             )
     eps = build_eval_episodes(
-        test_pool, shots=e.shots, n_episodes=e.n_episodes,
-        n_support_normal=e.n_support_normal, n_query_normal=e.n_query_normal,
-        contamination=e.contamination, seed=e.seed, types=split.test,
+        test_pool,
+        shots=e.shots,
+        n_episodes=e.n_episodes,
+        n_support_normal=e.n_support_normal,
+        n_query_normal=e.n_query_normal,
+        contamination=e.contamination,
+        seed=e.seed,
+        types=split.test,
     )
     out = lay.episodes
     out.mkdir(parents=True, exist_ok=True)
@@ -201,12 +212,19 @@ def build_episodes(params: Params, root: Path, df: pd.DataFrame | None = None) -
     (out / "split.json").write_text(json.dumps(split.to_dict(), indent=1))
     for s, p in pools.items():
         with (out / f"pool_{s}.npz").open("wb") as fh:
-            np.savez(fh, X=p.X, y=p.y, types=p.types.astype("U"),
-                     group=p.group if p.group is not None else np.empty(0, np.int64))
+            np.savez(
+                fh,
+                X=p.X,
+                y=p.y,
+                types=p.types.astype("U"),
+                group=p.group if p.group is not None else np.empty(0, np.int64),
+            )
     frames["test"].to_parquet(out / "test_rows.parquet", index=False)
     eps.save(out / "episodes.npz")
     manifest = {
-        **eps.manifest(), "split": split.to_dict(), "window": window,
+        **eps.manifest(),
+        "split": split.to_dict(),
+        "window": window,
         "pool_sizes": {s: {"rows": len(p), "anomalies": int(p.y.sum())} for s, p in pools.items()},
         "features": pre.output_names,
     }
@@ -226,18 +244,25 @@ def load_prepared(params: Params, root: Path) -> Prepared:
         f = d / f"pool_{s}.npz"
         if f.exists():
             with np.load(f, allow_pickle=False) as z:
-                pools[s] = Pool(z["X"], z["y"], z["types"], (),
-                                z["group"] if len(z["group"]) else None)
+                pools[s] = Pool(
+                    z["X"], z["y"], z["types"], (), z["group"] if len(z["group"]) else None
+                )
     manifest = json.loads((d / "manifest.json").read_text())
     eps = EpisodeSet.load(d / "episodes.npz", pools["test"])
-    return Prepared(split, Preprocessor.load(d / "preprocessor.json"), pools, eps,
-                    manifest.get("window"))
+    return Prepared(
+        split, Preprocessor.load(d / "preprocessor.json"), pools, eps, manifest.get("window")
+    )
 
 
 # -- 4. train ----------------------------------------------------------------------------
 def train_method(
-    params: Params, prep: Prepared, method: str, *, progress: bool = False,
-    callback: StepCallback | None = None, hparams: dict[str, Any] | None = None,
+    params: Params,
+    prep: Prepared,
+    method: str,
+    *,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+    hparams: dict[str, Any] | None = None,
 ) -> tuple[Detector, History, float]:
     """Build and meta-train one method on the meta-train pool; returns seconds taken."""
     seed_everything(params.train.seed)
@@ -246,13 +271,15 @@ def train_method(
     hp.setdefault("seed", params.train.seed)
     det = create(method, train_pool.input_shape, **hp)
     t0 = time.perf_counter()
-    hist = det.fit(train_pool, params.train.fit_config(progress), val=prep.pools.get("val"),
-                   callback=callback)
+    hist = det.fit(
+        train_pool, params.train.fit_config(progress), val=prep.pools.get("val"), callback=callback
+    )
     return det, hist, time.perf_counter() - t0
 
 
-def calibrate_threshold(det: Detector, reference: np.ndarray, normals: np.ndarray,
-                        target_fpr: float) -> float:
+def calibrate_threshold(
+    det: Detector, reference: np.ndarray, normals: np.ndarray, target_fpr: float
+) -> float:
     """The zero-shot score quantile on held-out normals that gives ``target_fpr``."""
     s = det.adapt(reference, np.zeros(len(reference), np.int64)).score(normals)
     return float(np.quantile(s, 1.0 - target_fpr))
@@ -265,8 +292,9 @@ class Trained:
     seconds: float
 
 
-def train(params: Params, root: Path, *, progress: bool = False,
-          callback: StepCallback | None = None) -> Trained:
+def train(
+    params: Params, root: Path, *, progress: bool = False, callback: StepCallback | None = None
+) -> Trained:
     """Meta-train ``train.method`` and write the model bundle and its learning curve."""
     lay = Layout(root)
     prep = load_prepared(params, root)
@@ -276,12 +304,15 @@ def train(params: Params, root: Path, *, progress: bool = False,
     det, hist, secs = train_method(params, prep, method, progress=progress, callback=callback)
     rng = np.random.default_rng(params.train.seed)
     tr = prep.pools["train"]
-    ref = tr.X[np.sort(rng.choice(tr.normal_idx, size=min(200, len(tr.normal_idx)),
-                                  replace=False))]
-    lib_idx = np.concatenate([
-        np.sort(rng.choice(tr.type_index[t], size=min(10, len(tr.type_index[t])), replace=False))
-        for t in tr.anomaly_types
-    ])
+    ref = tr.X[np.sort(rng.choice(tr.normal_idx, size=min(200, len(tr.normal_idx)), replace=False))]
+    lib_idx = np.concatenate(
+        [
+            np.sort(
+                rng.choice(tr.type_index[t], size=min(10, len(tr.type_index[t])), replace=False)
+            )
+            for t in tr.anomaly_types
+        ]
+    )
     heldout = prep.pools.get("val", prep.pools["train"])
     thr = calibrate_threshold(det, ref, heldout.X[heldout.normal_idx], params.register.target_fpr)
     meta = {
@@ -301,8 +332,9 @@ def train(params: Params, root: Path, *, progress: bool = False,
 
     steps, losses = hist.series("loss")
     vs, vv = hist.series("val_auprc")
-    plot_learning_curve(steps, losses, lay.model / "learning_curve.png",
-                        val_steps=vs or None, val_values=vv or None)
+    plot_learning_curve(
+        steps, losses, lay.model / "learning_curve.png", val_steps=vs or None, val_values=vv or None
+    )
     log.info("train: %s trained in %.1fs, bundle at %s", method, secs, lay.model)
     return Trained(bundle, hist, secs)
 
@@ -335,8 +367,8 @@ def evaluate(params: Params, root: Path, *, progress: bool = False) -> Evaluated
         if m == trained:
             det = bundle.detector
         else:
-            det, _, secs = train_method(params, prep, m, progress=progress,
-                                        hparams={} if families[m] != "baseline" else {})
+            # train.hparams belong to train.method; every other method runs its defaults
+            det, _, secs = train_method(params, prep, m, progress=progress, hparams={})
             timings[m] = secs
         per = evaluate_detector(det, test, prep.episodes, method=m, progress=progress)
         frames.append(per)
@@ -344,30 +376,53 @@ def evaluate(params: Params, root: Path, *, progress: bool = False) -> Evaluated
         if ep is not None:
             s = det.adapt(test.X[ep.support_idx], ep.support_y).score(test.X[ep.query_idx])
             curves[m] = (ep.query_y, s)
-        log.info("evaluate: %s macro AUPRC@K=%d %.3f", m, gate_k,
-                 per[per.shots == gate_k].auprc.mean() if (per.shots == gate_k).any() else np.nan)
+        log.info(
+            "evaluate: %s macro AUPRC@K=%d %.3f",
+            m,
+            gate_k,
+            per[per.shots == gate_k].auprc.mean() if (per.shots == gate_k).any() else np.nan,
+        )
     per_episode = pd.concat(frames, ignore_index=True)
     summary = summarise(per_episode)
     best = best_by(summary, gate_k, family_of=families)
-    results = results_json(per_episode, summary, {
-        "trained_method": trained, "families": families, "best_at_gate_k": best,
-        "gate_k": gate_k, "unseen_types": list(prep.split.test),
-        "contamination": prep.episodes.contamination, "fit_seconds": timings,
-    })
-    md = "\n\n".join([
-        f"## Macro AUPRC on unseen types {list(prep.split.test)} (mean ± 95% CI)",
-        markdown_table(summary, metric="auprc", shots=params.episodes.shots),
-        "## Macro AUROC", markdown_table(summary, metric="auroc", shots=params.episodes.shots),
-        f"## AUPRC per unseen type at K={gate_k}", per_type_table(summary, gate_k, "auprc"),
-    ])
+    results = results_json(
+        per_episode,
+        summary,
+        {
+            "trained_method": trained,
+            "families": families,
+            "best_at_gate_k": best,
+            "gate_k": gate_k,
+            "unseen_types": list(prep.split.test),
+            "contamination": prep.episodes.contamination,
+            "fit_seconds": timings,
+        },
+    )
+    md = "\n\n".join(
+        [
+            f"## Macro AUPRC on unseen types {list(prep.split.test)} (mean ± 95% CI)",
+            markdown_table(summary, metric="auprc", shots=params.episodes.shots),
+            "## Macro AUROC",
+            markdown_table(summary, metric="auroc", shots=params.episodes.shots),
+            f"## AUPRC per unseen type at K={gate_k}",
+            per_type_table(summary, gate_k, "auprc"),
+        ]
+    )
     out = lay.eval
     (out / "plots").mkdir(parents=True, exist_ok=True)
     per_episode.to_csv(out / "per_episode.csv", index=False)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(md + "\n")
     (out / "metrics.json").write_text(json.dumps(dvc_metrics(summary), indent=1, sort_keys=True))
-    plot_auprc_vs_k(summary, out / "plots" / "auprc_vs_k.png", family_of=families,
-                    contamination=prep.episodes.contamination)
-    plot_pr_curves(curves, out / "plots" / "pr_curves.png",
-                   title=f"PR curves, one unseen-type episode at K={gate_k}")
+    plot_auprc_vs_k(
+        summary,
+        out / "plots" / "auprc_vs_k.png",
+        family_of=families,
+        contamination=prep.episodes.contamination,
+    )
+    plot_pr_curves(
+        curves,
+        out / "plots" / "pr_curves.png",
+        title=f"PR curves, one unseen-type episode at K={gate_k}",
+    )
     return Evaluated(per_episode, summary, results, md)

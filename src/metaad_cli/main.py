@@ -31,9 +31,13 @@ app.add_typer(data_app, name="data")
 ParamsOpt = Annotated[Path, typer.Option("--params", help="The params.yaml to read.")]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-S", help="Override a parameter, e.g. -S train.method=maml (repeatable)."),
+    typer.Option(
+        "--set", "-S", help="Override a parameter, e.g. -S train.method=maml (repeatable)."
+    ),
 ]
-RootOpt = Annotated[Path, typer.Option("--root", help="Project root: data/ and artifacts/ live here.")]
+RootOpt = Annotated[
+    Path, typer.Option("--root", help="Project root: data/ and artifacts/ live here.")
+]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 
 
@@ -79,9 +83,9 @@ def ingest(
 @app.command("import")
 def import_(
     path: Annotated[Path, typer.Argument(help="CSV or Parquet file (or folder of parts).")],
-    output: Annotated[Path, typer.Option(help="Where to write the canonical Parquet table.")] = Path(
-        "data/table.parquet"
-    ),
+    output: Annotated[
+        Path, typer.Option(help="Where to write the canonical Parquet table.")
+    ] = Path("data/table.parquet"),
     label_col: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
     type_col: Annotated[
         str | None, typer.Option(help="Column naming the anomaly type (omit: one type).")
@@ -100,21 +104,28 @@ def import_(
 
         set_offline_env()
         df = import_table(
-            path, label_col=label_col, type_col=type_col, normal_value=normal_value,
-            categorical=categorical or (), drop=drop or (),
+            path,
+            label_col=label_col,
+            type_col=type_col,
+            normal_value=normal_value,
+            categorical=categorical or (),
+            drop=drop or (),
         )
         output.parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(output, index=False)
         n_types = df.loc[df["label"] == 1, "anomaly_type"].nunique()
-        typer.echo(f"wrote {output}: {len(df)} rows, {int(df['label'].sum())} anomalies, "
-                   f"{n_types} anomaly types")
+        typer.echo(
+            f"wrote {output}: {len(df)} rows, {int(df['label'].sum())} anomalies, "
+            f"{n_types} anomaly types"
+        )
     except MetaADError as exc:
         _fail(exc)
 
 
 @app.command()
-def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-             root: RootOpt = Path(".")) -> None:
+def validate(
+    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")
+) -> None:
     """Run the Great Expectations gate on the canonical table.
 
     Writes artifacts/validation/report.json and Data Docs HTML; exits 1 with a list of
@@ -135,23 +146,30 @@ def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
 
 
 @app.command()
-def episodes(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-             root: RootOpt = Path(".")) -> None:
+def episodes(
+    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")
+) -> None:
     """Split anomaly types, fit preprocessing on meta-train rows, freeze evaluation episodes."""
     try:
         from metaad import stages
 
         p = _setup(params, set_)
         prep = stages.build_episodes(p, root)
-        typer.echo(f"types: train {list(prep.split.train)}, val {list(prep.split.val)}, "
-                   f"test (unseen) {list(prep.split.test)}; {len(prep.episodes)} episodes")
+        typer.echo(
+            f"types: train {list(prep.split.train)}, val {list(prep.split.val)}, "
+            f"test (unseen) {list(prep.split.test)}; {len(prep.episodes)} episodes"
+        )
     except MetaADError as exc:
         _fail(exc)
 
 
 @app.command()
-def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-          root: RootOpt = Path("."), progress: ProgressOpt = True) -> None:
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    root: RootOpt = Path("."),
+    progress: ProgressOpt = True,
+) -> None:
     """Meta-train `train.method` (CUDA when present) and write artifacts/model."""
     try:
         from metaad import stages
@@ -164,8 +182,12 @@ def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
 
 
 @app.command()
-def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-             root: RootOpt = Path("."), progress: ProgressOpt = True) -> None:
+def evaluate(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    root: RootOpt = Path("."),
+    progress: ProgressOpt = True,
+) -> None:
     """Score the trained model and every method in `evaluate.methods` on the frozen episodes."""
     try:
         from metaad import stages
@@ -187,8 +209,11 @@ def methods() -> None:
 
 
 @data_app.command("pull")
-def data_pull(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."),
-              remote: Annotated[str | None, typer.Option(help="DVC remote to try.")] = None) -> None:
+def data_pull(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    remote: Annotated[str | None, typer.Option(help="DVC remote to try.")] = None,
+) -> None:
     """Get data/: `dvc pull` when a remote answers, else regenerate the synthetic default.
 
     The generator is byte-identical for the same params, so a regenerated data/ matches

@@ -55,13 +55,15 @@ def check_canonical(
         raise DataError("the table is empty: no rows to build episodes from")
     missing = [c for c in (LABEL, TYPE) if c not in df.columns]
     if missing:
-        problems.append(f"missing required column(s) {missing}; columns present: {list(df.columns)}")
+        problems.append(
+            f"missing required column(s) {missing}; columns present: {list(df.columns)}"
+        )
     missing_cat = [c for c in categorical if c not in df.columns]
     if missing_cat:
         problems.append(f"declared categorical column(s) {missing_cat} are not in the table")
     feats = feature_columns(df, categorical)
     if not feats and not categorical:
-        problems.append("no feature columns: every column is reserved " f"({list(RESERVED)})")
+        problems.append(f"no feature columns: every column is reserved ({list(RESERVED)})")
     for c in feats:
         col = df[c]
         if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):

@@ -7,6 +7,7 @@ one-hot. Fitting on anything from evaluation types would leak what the test is a
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ def make_windows(
     Xo = X[order]
     bounds = np.flatnonzero(np.r_[True, series[1:] != series[:-1], True])
     starts: list[np.ndarray] = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         if b - a >= window:
             starts.append(np.arange(a, b - window + 1, stride))
     if not starts:

@@ -58,7 +58,9 @@ class FitConfig:
         if not self.shots or min(self.shots) < 0:
             raise ConfigError(f"train.shots must be non-empty and >= 0, got {self.shots}")
         if self.n_support_normal < 1 or self.n_query_normal < 1 or self.n_query_anomaly < 1:
-            raise ConfigError("train.n_support_normal, n_query_normal, n_query_anomaly must be >= 1")
+            raise ConfigError(
+                "train.n_support_normal, n_query_normal and n_query_anomaly must be >= 1"
+            )
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
 
