@@ -163,9 +163,13 @@ def evaluate_all(params: Params, root: Path) -> dict[str, Any]:
     return {"markdown": res.markdown, "best": res.results["extra"]["best_at_gate_k"]}
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def register_and_promote(params: Params, root: Path, tracking_uri: str | None) -> dict[str, Any]:
-    """I/O with the MLflow store: register the challenger and apply the promotion gate."""
+    """I/O with the MLflow store: register the challenger and apply the promotion gate.
+
+    No automatic retries: registration is not idempotent, and a retry after a version was
+    created would register a duplicate; a failed run is re-run whole.
+    """
     res = governance.register_and_gate(
         params,
         root,

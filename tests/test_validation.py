@@ -310,3 +310,22 @@ def test_config_allows_listed_nullable_columns(
     assert run(bad, relaxed, profile).success
     fraction = ValidateConfig(max_null_fraction=0.2)
     assert run(bad, fraction, profile).success
+
+
+def test_validation_failed_survives_pickling() -> None:
+    """Prefect stores task exceptions; the report must come back, not just the text."""
+    import pickle
+
+    from metaad.validation import ValidationFailed, ValidationReport
+
+    rep = ValidationReport(
+        success=False,
+        n_expectations=3,
+        failures=[],
+        statistics={},
+        n_rows=0,
+        data_docs=None,
+        gx_result={},
+    )
+    again = pickle.loads(pickle.dumps(ValidationFailed(rep)))
+    assert isinstance(again, ValidationFailed) and again.report.n_expectations == 3

@@ -160,6 +160,11 @@ class ValidationFailed(DataError):
         super().__init__(report.summary())
         self.report = report
 
+    def __reduce__(self) -> tuple[type[ValidationFailed], tuple[ValidationReport]]:
+        # Rebuild from the report (not the message), so the error survives Prefect's result
+        # storage and remote workers.
+        return (type(self), (self.report,))
+
 
 # --------------------------------------------------------------------------------------------
 # Reference profile
