@@ -25,6 +25,7 @@ def test_repo_params_parse_and_override() -> None:
     ("override", "message"),
     [
         ({"train.steps": "many"}, "train.steps must be an integer"),
+        ({"train.steps": -1}, "train.steps must be >= 0"),
         ({"train.bogus": 1}, r"unknown key\(s\) in train: \['bogus'\]"),
         ({"episodes.contamination": 2.0}, "contamination must be in"),
         ({"nosuch.key": 1}, "unknown section"),

@@ -99,36 +99,19 @@ class EpisodesConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(FitConfig):
+    """The ``train`` section: the shared meta-training settings plus the method to train.
+
+    It extends :class:`FitConfig` rather than repeating its fields, so the two cannot drift
+    apart and the range checks run when ``params.yaml`` is parsed.
+    """
+
     method: str = "proto"
-    seed: int = 0
-    device: str = "auto"
-    steps: int = 600
-    meta_batch: int = 16
-    shots: tuple[int, ...] = (1, 5, 10)
-    n_support_normal: int = 50
-    n_query_normal: int = 64
-    n_query_anomaly: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    val_every: int = 100
     hparams: Mapping[str, Any] = field(default_factory=dict)
 
     def fit_config(self, progress: bool = False) -> FitConfig:
-        return FitConfig(
-            steps=self.steps,
-            meta_batch=self.meta_batch,
-            shots=tuple(self.shots),
-            n_support_normal=self.n_support_normal,
-            n_query_normal=self.n_query_normal,
-            n_query_anomaly=self.n_query_anomaly,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            seed=self.seed,
-            device=self.device,
-            val_every=self.val_every,
-            progress=progress,
-        )
+        shared = {f.name: getattr(self, f.name) for f in fields(FitConfig)}
+        return FitConfig(**{**shared, "shots": tuple(self.shots), "progress": progress})
 
 
 @dataclass(frozen=True)
