@@ -21,6 +21,12 @@ contrastive pairs, batch-hard triplets, or DevNet's deviation loss); every varia
 with the same logit, and an auxiliary cross-entropy on it (``aux_weight``) keeps the K = 0
 path trained under every loss. ``global_center`` adds a Deep-SAD-style learned normal
 centre (off by default: it lowered zero-shot AUPRC on the synthetic default).
+
+``synthetic_tasks`` (default 0.25) replaces the anomalies of that fraction of each training
+batch's tasks with a virtual type made from the task's own normals
+(:mod:`metaad.episodes.augment`). Without it the learner fits the few meta-train types
+(training loss ~0.005) and the support terms' weights barely move; with it, macro AUPRC on
+the unseen types of the synthetic default rose from 0.918 to 0.953 at K=5 (README).
 """
 
 from __future__ import annotations
@@ -38,11 +44,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from metaad.device import autocast, resolve_device
+from metaad.episodes.augment import virtual_types
 from metaad.episodes.pool import Pool
 from metaad.episodes.sampler import sample_task_batch
 from metaad.errors import ConfigError
 from metaad.models.base import Detector, FitConfig, History, StepCallback
 from metaad.models.encoders import make_encoder
+from metaad.train_hooks import TrainHooks, restore_loop_state, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +179,16 @@ class MetricCore:
         # Both spaces in one product: w0|dz|^2 + w1|dr|^2 = |[sqrt(w0) dz, sqrt(w1) dr]|^2.
         # The query's own norm does not change which normals are nearest, so it is added
         # after the top-k; scoring a million rows is then one matmul and one top-k.
+        # |fn|^2 - 2 fq.fn as one product of augmented matrices [fq, 1] . [-2 fn, |fn|^2]:
+        # no (rows x normals) bias copy, and the unsorted top-k is all the mean needs.
         w = F.softplus(self.net.mix).sqrt()
         fq = torch.cat([w[0] * qz, w[1] * qr], dim=-1)
         fn = torch.cat([w[0] * nz, w[1] * nr], dim=-1)
-        partial = torch.baddbmm((fn * fn).sum(-1).unsqueeze(1), fq, fn.transpose(1, 2), alpha=-2)
+        fq_aug = torch.cat([fq, torch.ones_like(fq[..., :1])], dim=-1)
+        fn_aug = torch.cat([-2 * fn, (fn * fn).sum(-1, keepdim=True)], dim=-1)
+        partial = fq_aug @ fn_aug.transpose(1, 2)
         k = max(min(self.k_nn, partial.shape[-1]), 1)
-        near = partial.topk(k, dim=-1, largest=False).values.mean(-1)
+        near = partial.topk(k, dim=-1, largest=False, sorted=False).values.mean(-1)
         return (near + (fq * fq).sum(-1)).clamp_min(0.0)
 
     def adapt(
@@ -210,10 +222,11 @@ class MetricCore:
         ar = r[:, anom_mask] if anom_mask.any() else None
         st = TaskState(nz, nr, az, ar, scale.detach().clamp_min(_EPS) + scale - scale.detach())
         if self.ridge and az is not None and ar is not None:
-            pos, neg = self._emb_features(az), self._emb_features(nz)
-            st.ridge_w = self._fit_head(pos, neg, self.net.ridge_lam)
-            pos, neg = self._raw_features(ar), self._raw_features(nr)
-            st.raw_w = self._fit_head(pos, neg, self.net.raw_lam)
+            st.ridge_w, st.raw_w = self._fit_heads(
+                [self._emb_features(az), self._raw_features(ar)],
+                [self._emb_features(nz), self._raw_features(nr)],
+                [self.net.ridge_lam, self.net.raw_lam],
+            )
         return st
 
     def _emb_features(self, z: torch.Tensor) -> torch.Tensor:
@@ -223,6 +236,27 @@ class MetricCore:
     def _raw_features(self, r: torch.Tensor) -> torch.Tensor:
         ones = torch.ones(*r.shape[:-1], 1, device=r.device, dtype=r.dtype)
         return torch.cat([r * np.sqrt(self.net.raw_dim), ones], dim=-1)
+
+    def _fit_heads(
+        self, pos: list[torch.Tensor], neg: list[torch.Tensor], lam_params: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Several heads on the same rows, solved as one batch.
+
+        Each head's features are zero-padded to the widest; with the L2 penalty a padded
+        weight is exactly 0, so the solutions are those of separate fits, but every Newton
+        step is one set of kernels for all heads instead of one set per head.
+        """
+        width = max(p.shape[-1] for p in pos)
+        B = pos[0].shape[0]
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return F.pad(t.float(), (0, width - t.shape[-1]))
+
+        lam = torch.stack([lp.float() for lp in lam_params]).repeat_interleave(B)
+        w = self._fit_head(
+            torch.cat([pad(p) for p in pos]), torch.cat([pad(n) for n in neg]), lam[:, None, None]
+        )
+        return [w[i * B : (i + 1) * B, : p.shape[-1]] for i, p in enumerate(pos)]
 
     def _fit_head(
         self, pos: torch.Tensor, neg: torch.Tensor, lam_param: torch.Tensor
@@ -234,29 +268,37 @@ class MetricCore:
         the ridge solution (as MetaOptNet's differentiable solvers). The system is F x F, so
         it does not grow with the number of normals, and it is differentiable, so the
         encoder learns features on which a K-shot linear fit generalises to the whole type.
+
+        Positives and negatives go into one weighted design matrix (each class weighs 1/2),
+        and the SPD systems are solved by Cholesky: adaptation is latency-bound on CPU, and
+        this halves the number of small kernels per Newton step. It runs in fp32 outside
+        autocast, because bf16 normal equations are too coarse to solve.
         """
-        w_pos = 0.5 / pos.shape[1]
-        w_neg = 0.5 / neg.shape[1]
-        lam = F.softplus(lam_param) * 1e-2 + 1e-5
-        eye = torch.eye(pos.shape[-1], device=pos.device)
-        gram = w_pos * pos.transpose(1, 2) @ pos + w_neg * neg.transpose(1, 2) @ neg
-        rhs = w_pos * pos.sum(1) - w_neg * neg.sum(1)  # targets +1 and -1
-        w = torch.linalg.solve(gram + lam * eye, rhs.unsqueeze(-1)).squeeze(-1)
-        if self.head != "logistic":
-            return w
-        for _ in range(self.newton_steps):
-            pp = torch.sigmoid(pos @ w.unsqueeze(-1)).squeeze(-1)  # (B, K)
-            pn = torch.sigmoid(neg @ w.unsqueeze(-1)).squeeze(-1)  # (B, n)
-            grad = (
-                w_pos * (pos * (pp - 1).unsqueeze(-1)).sum(1)
-                + w_neg * (neg * pn.unsqueeze(-1)).sum(1)
-                + lam * w
-            )
-            hp = (w_pos * pp * (1 - pp)).unsqueeze(-1)
-            hn = (w_neg * pn * (1 - pn)).unsqueeze(-1)
-            hess = (pos * hp).transpose(1, 2) @ pos + (neg * hn).transpose(1, 2) @ neg
-            w = w - torch.linalg.solve(hess + lam * eye, grad.unsqueeze(-1)).squeeze(-1)
-        return w
+        with torch.autocast(pos.device.type, enabled=False):
+            pos, neg = pos.float(), neg.float()
+            X = torch.cat([pos, neg], dim=1)  # (B, K + n, F)
+            c = torch.cat(
+                [
+                    X.new_full(pos.shape[:2], 0.5 / pos.shape[1]),
+                    X.new_full(neg.shape[:2], 0.5 / neg.shape[1]),
+                ],
+                dim=1,
+            )  # (B, K + n) class-balanced row weights
+            t = torch.cat([X.new_ones(pos.shape[:2]), X.new_zeros(neg.shape[:2])], dim=1)
+            lam = F.softplus(lam_param.float()) * 1e-2 + 1e-5
+            reg = lam * torch.eye(X.shape[-1], device=X.device)
+            Xt = X.transpose(1, 2)
+            gram = (Xt * c.unsqueeze(1)) @ X
+            rhs = Xt @ (c * (2 * t - 1)).unsqueeze(-1)  # targets +1 and -1
+            w = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram + reg))
+            if self.head != "logistic":
+                return w.squeeze(-1)
+            for _ in range(self.newton_steps):
+                p = torch.sigmoid(X @ w).squeeze(-1)  # (B, K + n)
+                grad = Xt @ (c * (p - t)).unsqueeze(-1) + lam * w
+                hess = (Xt * (c * p * (1 - p)).unsqueeze(1)) @ X + reg
+                w = w - torch.cholesky_solve(grad, torch.linalg.cholesky(hess))
+            return w.squeeze(-1)
 
     def logit(self, st: TaskState, xq: torch.Tensor) -> torch.Tensor:
         """Anomaly logit of query rows ``xq (B, Q, ...)`` under the task state."""
@@ -295,8 +337,12 @@ class MetricAdapted:
         self.state = state
         self.device = device
 
-    @torch.no_grad()
-    def score(self, X: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    @torch.inference_mode()
+    def score(self, X: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        """Scores in chunks: 4,096 rows on CPU (the rows x normals distance block then stays
+        in cache; larger chunks were ~1.5x slower), 65,536 on CUDA (fewer launches)."""
+        if chunk is None:
+            chunk = 65536 if self.device.type == "cuda" else 4096
         out = []
         for i in range(0, len(X), chunk):
             xq = torch.as_tensor(X[i : i + chunk], device=self.device)[None]
@@ -328,9 +374,12 @@ class MetricLearner(Detector):
         memory: int = 512,
         prior_head: bool = True,
         head: str = "logistic",
+        synthetic_tasks: float = 0.25,
         seed: int = 0,
     ) -> None:
         loss = loss or self.default_loss
+        if not 0.0 <= synthetic_tasks <= 1.0:
+            raise ConfigError(f"synthetic_tasks must be in [0, 1], got {synthetic_tasks}")
         if head not in ("ridge", "logistic"):
             raise ConfigError(f"head must be 'ridge' or 'logistic', got {head!r}")
         if anomaly_agg not in ("mean", "min"):
@@ -353,6 +402,7 @@ class MetricLearner(Detector):
             memory=int(memory),
             prior_head=bool(prior_head),
             head=head,
+            synthetic_tasks=float(synthetic_tasks),
             seed=int(seed),
         )
         torch.manual_seed(seed)
@@ -418,7 +468,9 @@ class MetricLearner(Detector):
         *,
         val: Pool | None = None,
         callback: StepCallback | None = None,
+        hooks: TrainHooks | None = None,
     ) -> History:
+        """Meta-train; ``hooks`` (off by default) add what DDP and resume need."""
         if pool.input_shape != self.input_shape:
             raise ConfigError(f"pool input shape {pool.input_shape} != model {self.input_shape}")
         self.device = resolve_device(cfg.device)
@@ -436,16 +488,27 @@ class MetricLearner(Detector):
             self.net.memory.copy_(mem)
             self.net.memory_filled.fill_(True)
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        aug_gen = torch.Generator().manual_seed(cfg.seed + 7919)  # virtual types, own stream
         hist = History()
         val_tasks = _fixed_val_tasks(val, cfg) if val is not None else None
         best = (-np.inf, None)
-        bar = tqdm(range(1, cfg.steps + 1), desc=f"train {self.name}", disable=not cfg.progress)
+        start, meta_batch = 1, cfg.meta_batch
+        if hooks is not None:  # distributed / resumed training (metaad.distributed)
+            rng, meta_batch = hooks.task_rng(rng), hooks.batch_size(cfg.meta_batch)
+            hooks.reseed(aug_gen, 7919)
+            if hooks.start is not None:
+                hooks.start(list(self.net.parameters()))
+            if hooks.resume is not None:
+                self.net.load_state_dict(hooks.resume["model"])
+                start, hist.records = restore_loop_state(hooks.resume, opt, rng, [aug_gen])
+                best = (hooks.resume["best_val"], hooks.resume["best_state"])
+        bar = tqdm(range(start, cfg.steps + 1), desc=f"train {self.name}", disable=not cfg.progress)
         for step in bar:
             shots = int(rng.choice(cfg.shots))
             tb = sample_task_batch(
                 pool,
                 rng,
-                batch_size=cfg.meta_batch,
+                batch_size=meta_batch,
                 shots=shots,
                 n_support_normal=cfg.n_support_normal,
                 n_query_normal=cfg.n_query_normal,
@@ -454,11 +517,15 @@ class MetricLearner(Detector):
             xs, xq = self._gather(pool, tb.support_idx), self._gather(pool, tb.query_idx)
             ys = torch.as_tensor(tb.support_y, device=self.device)
             yq = torch.as_tensor(tb.query_y, device=self.device)
+            n_virtual = round(self.hparams["synthetic_tasks"] * len(ys))
+            xs, xq = virtual_types(xs, ys, xq, yq, n_virtual, aug_gen)
             self.net.train()
             with autocast(self.device):
                 loss = self._loss(xs, ys, xq, yq)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if hooks is not None and hooks.sync_gradients is not None:
+                hooks.sync_gradients(list(self.net.parameters()))
             nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
             opt.step()
             values = {"loss": float(loss.detach())}
@@ -469,6 +536,19 @@ class MetricLearner(Detector):
             hist.log(step, **values)
             if callback is not None:
                 callback(step, values)
+            if hooks is not None and hooks.checkpoint_due(step, cfg.steps):
+                hooks.write_checkpoint(  # type: ignore[misc]
+                    snapshot(
+                        step=step,
+                        model=self.net.state_dict(),
+                        optimizer=opt,
+                        rng=rng,
+                        history=hist.records,
+                        best_val=best[0],
+                        best_state=best[1],
+                        generators=[aug_gen],
+                    )
+                )
             bar.set_postfix(loss=f"{values['loss']:.3f}")
         if best[1] is not None:
             self.net.load_state_dict(best[1])
@@ -491,7 +571,7 @@ class MetricLearner(Detector):
         return float(np.mean(vals))
 
     # -- contract -------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def adapt(self, X_support: np.ndarray, y_support: np.ndarray) -> MetricAdapted:
         self.check_support(X_support, y_support)
         self.net.eval()
@@ -507,7 +587,7 @@ class MetricLearner(Detector):
         if mem is None:
             return None
         if getattr(self, "_mem_cache", None) is None:
-            with torch.no_grad():
+            with torch.inference_mode():
                 self._mem_cache = self.net.embed(mem)
         return self._mem_cache
 
