@@ -52,7 +52,7 @@ def maml_adapt(
 def proto_adapt(
     input_dim: int, shots: int, n_normal: int, device: torch.device
 ) -> Callable[[], object]:
-    """The prototypical learner with its defaults (memory of 1,024 meta-train normals,
+    """The prototypical learner with its defaults (memory of 512 meta-train normals,
     closed-form logistic heads): adaptation is a forward pass and two small solves."""
     return _metric_adapt(input_dim, shots, n_normal, device)
 
