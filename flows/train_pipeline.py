@@ -12,20 +12,28 @@ Run it:  python flows/train_pipeline.py [--set train.method=maml ...]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from metaad import governance, stages
 from metaad.config import Params, load_params, set_offline_env
 from metaad.datafetch import pull_or_regenerate
+
+try:  # imported as the package module (tests, other flows)
+    from flows.evaluate_fanout import evaluate_fanout, runner_from_params
+except ImportError:  # run as a script, or loaded from a deployment's entrypoint path
+    from evaluate_fanout import evaluate_fanout, runner_from_params  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,20 +171,67 @@ def evaluate_all(params: Params, root: Path) -> dict[str, Any]:
     return {"markdown": res.markdown, "best": res.results["extra"]["best_at_gate_k"]}
 
 
+#: The Prefect global concurrency limit (one slot) that every run holds from registering
+#: its challenger to the last write of the promotion decision.
+CHAMPION_LOCK = "metaad-champion"
+#: How long a run waits for another run's promotion before failing (seconds).
+CHAMPION_LOCK_TIMEOUT_S = 3600.0
+
+
+def ensure_champion_lock() -> None:
+    """Create the one-slot limit on the Prefect server the first time (idempotent).
+
+    Prefect skips a ``concurrency()`` block whose limit does not exist, so the flow makes
+    sure it does; a limit someone changed to more than one slot is a configuration error.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            lim = client.read_global_concurrency_limit_by_name(CHAMPION_LOCK)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it first
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=CHAMPION_LOCK, limit=1)
+                )
+            lim = client.read_global_concurrency_limit_by_name(CHAMPION_LOCK)
+    if lim.limit != 1 or not lim.active:
+        raise RuntimeError(
+            f"the Prefect concurrency limit {CHAMPION_LOCK!r} must be active with 1 slot "
+            f"(it has {lim.limit}, active={lim.active}): `prefect gcl update {CHAMPION_LOCK} "
+            "--limit 1 --enable`"
+        )
+
+
 @task(cache_policy=NO_CACHE)
 def register_and_promote(params: Params, root: Path, tracking_uri: str | None) -> dict[str, Any]:
     """I/O with the MLflow store: register the challenger and apply the promotion gate.
 
+    The whole step holds :data:`CHAMPION_LOCK`, so two retraining runs (another pod,
+    another deployment, a manual run) never interleave: the second registers its version
+    after the first has decided, and is judged against the champion that decision left.
+    Inside, the gate reads the champion, decides and moves the alias at most once, after
+    every rule (``metaad.promotion.promote``): atomic with respect to other runs.
+
     No automatic retries: registration is not idempotent, and a retry after a version was
     created would register a duplicate; a failed run is re-run whole.
     """
-    res = governance.register_and_gate(
-        params,
-        root,
-        validation_passed=True,
-        flow_run_id=flow_run.get_id(),
-        tracking_uri=tracking_uri,
-    )
+    logger = get_run_logger()
+    ensure_champion_lock()
+    waited = time.time()
+    with concurrency(CHAMPION_LOCK, occupy=1, strict=True, timeout_seconds=CHAMPION_LOCK_TIMEOUT_S):
+        acquired = time.time()
+        logger.info("holding %r (waited %.1fs)", CHAMPION_LOCK, acquired - waited)
+        res = governance.register_and_gate(
+            params,
+            root,
+            validation_passed=True,
+            flow_run_id=flow_run.get_id(),
+            tracking_uri=tracking_uri,
+        )
+        _record_lock_span(res.tracking_uri, res.run_id, acquired)
     verdict = "PROMOTED to champion" if res.promoted else "NOT promoted"
     create_markdown_artifact(
         key="metaad-promotion",
@@ -185,7 +240,17 @@ def register_and_promote(params: Params, root: Path, tracking_uri: str | None) -
         + f"\n\nChampion now: version {res.champion}",
         description="Promotion gate",
     )
-    return res.to_dict()
+    return {**res.to_dict(), "lock_waited_s": acquired - waited}
+
+
+def _record_lock_span(uri: str, run_id: str, acquired: float) -> None:
+    """Tag the MLflow run with when this run held the champion lock (an audit trail:
+    two runs' spans never overlap, and each version was created inside its run's span)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(run_id, "champion_lock.acquired_ms", str(int(acquired * 1000)))
+    client.set_tag(run_id, "champion_lock.released_ms", str(int(time.time() * 1000)))
 
 
 @flow(name="metaad-train", log_prints=False)
@@ -194,18 +259,35 @@ def train_pipeline(
     overrides: dict[str, Any] | None = None,
     root: str | None = None,
     tracking_uri: str | None = None,
+    task_runner: str | None = None,
 ) -> dict[str, Any]:
-    """validate -> episodes -> meta-train -> evaluate -> register -> promote."""
+    """validate -> episodes -> meta-train -> evaluate -> register -> promote.
+
+    ``task_runner`` (default ``scale.task_runner``): ``dask`` maps the evaluation units as
+    tasks on a Dask cluster (``scale.dask_address``, else a LocalCluster), ``sequential``
+    scores them in this process; the results are the same.
+    """
     set_offline_env()
     base = Path(root) if root else ROOT
     params = load_params(base / params_path, overrides or {})
+    runner = task_runner or params.scale.task_runner
     logger = get_run_logger()
     logger.info("data: %s", obtain_data(params, base))
     validate_data(params, base, tracking_uri)
     current = episodes_outputs_current(params, base)
     make_episodes.with_options(refresh_cache=not current)(params, base)
     trained = meta_train(params, base)
-    evaluated = evaluate_all(params, base)
+    if runner == "sequential":
+        evaluated = evaluate_all(params, base)
+    else:
+        evaluated = evaluate_fanout.with_options(
+            task_runner=runner_from_params(params.scale, runner)
+        )(params, str(base))
+        create_markdown_artifact(
+            key="metaad-results",
+            markdown=evaluated["markdown"],
+            description="Unseen-type results on the frozen episodes (evaluation fanned out)",
+        )
     gate = register_and_promote(params, base, tracking_uri)
     create_markdown_artifact(
         key="metaad-run-summary",
@@ -241,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <root>/mlflow/mlflow.db)",
     )
+    ap.add_argument(
+        "--task-runner",
+        choices=["sequential", "dask"],
+        default=None,
+        help="evaluation units in this process or on Dask (default: scale.task_runner)",
+    )
     args = ap.parse_args(argv)
     bad = [kv for kv in args.set if "=" not in kv]
     if bad:
@@ -252,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides=overrides,
             root=args.root,
             tracking_uri=args.tracking_uri,
+            task_runner=args.task_runner,
         )
     except ValidationFailed as exc:
         print(

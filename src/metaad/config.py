@@ -141,6 +141,126 @@ class PromoteConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """The ``serve`` section: request limits, batch chunks and the type-addition gate.
+
+    The limits travel inside the registered bundle (``bundle.json``), so a served model
+    enforces the values it was registered with, not whatever params.yaml says later.
+    """
+
+    max_rows: int = 10000  # rows per request, support rows included
+    max_support_types: int = 20  # distinct anomaly types in one request's support set
+    chunk_rows: int = 50000  # batch scoring reads, scores and writes this many rows at a time
+    n_calibration: int = 2000  # held-out normals stored with the model to calibrate alerts
+    min_type_examples: int = 1  # rows `metaad types add` needs
+    min_type_recall: float = 0.5  # leave-one-out recall the added type's examples must reach
+    max_type_regression: float = 0.01  # served macro AUPRC a type addition may lose
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "max_support_types", "chunk_rows", "n_calibration"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serve.{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_type_examples < 1:
+            raise ConfigError(f"serve.min_type_examples must be >= 1, got {self.min_type_examples}")
+        if not 0.0 <= self.min_type_recall <= 1.0:
+            raise ConfigError(
+                f"serve.min_type_recall must be in [0, 1], got {self.min_type_recall}"
+            )
+        if self.max_type_regression < 0:
+            raise ConfigError(
+                f"serve.max_type_regression must be >= 0, got {self.max_type_regression}"
+            )
+
+
+TASK_RUNNERS = ("sequential", "dask")
+DDP_BACKENDS = ("auto", "gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """The ``scale`` section: how evaluation fans out and how distributed training runs.
+
+    None of it changes a result: the Dask fan-out scores the same episodes with the same
+    seeds as the sequential run, and these keys are outside every DVC stage's params.
+    """
+
+    task_runner: str = "sequential"  # sequential | dask (evaluation units as mapped tasks)
+    dask_address: str | None = None  # an existing cluster's scheduler; None: a LocalCluster
+    n_workers: int = 2  # LocalCluster worker processes
+    threads_per_worker: int = 1
+    checkpoint_every: int = 100  # DDP training: steps between checkpoints (0: none)
+    ddp_backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+
+    def __post_init__(self) -> None:
+        if self.task_runner not in TASK_RUNNERS:
+            raise ConfigError(
+                f"scale.task_runner must be one of {list(TASK_RUNNERS)}, got {self.task_runner!r}"
+            )
+        if self.n_workers < 1 or self.threads_per_worker < 1:
+            raise ConfigError("scale.n_workers and scale.threads_per_worker must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"scale.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.ddp_backend not in DDP_BACKENDS:
+            raise ConfigError(
+                f"scale.ddp_backend must be one of {list(DDP_BACKENDS)}, got {self.ddp_backend!r}"
+            )
+
+
+#: Every meta-learner and every baseline of DESIGN.md: what the benchmark runs by default.
+BENCHMARK_METHODS: tuple[str, ...] = (
+    "proto", "siamese", "triplet", "deviation", "maml", "fomaml", "anil", "metasgd", "msl",
+    "iforest", "ecod", "knn", "hgb_sup", "catboost", "lr_sup", "proto_raw", "finetune", "devnet",
+)  # fmt: skip
+ADBENCH_SETS: tuple[str, ...] = (
+    "annthyroid", "campaign", "cardio", "donors", "mammography", "pendigits", "satellite",
+    "shuttle", "thyroid", "WBC", "backdoor",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """The ``benchmark`` section: the unseen-type benchmark and the ADBench check (issue 4).
+
+    Each dataset's own protocol (which types are unseen, which normals an episode uses,
+    windows) comes from its loader (``metaad.datasets``); these keys say how much to run.
+    """
+
+    datasets: tuple[str, ...] = ("nsl_kdd", "tep", "skab", "sparkov")
+    methods: tuple[str, ...] = BENCHMARK_METHODS
+    shots: tuple[int, ...] = (0, 1, 5, 10)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # episode draws and training seeds
+    n_episodes: int = 20  # per unseen type, K and seed
+    split_seed: int = 0  # the type split (where a loader does not list it) and normal deal
+    steps: int = 1500  # meta-training steps per meta-learner and seed
+    meta_batch: int = 16
+    device: str = "auto"
+    hparams: Mapping[str, Any] = field(default_factory=dict)  # {method: {hparam: value}}
+    data_dir: str | None = None  # where the datasets are; None: METAAD_DATA_DIR etc.
+    output: str = "artifacts/benchmark"
+    experiment: str = "metaad-benchmark"
+    adbench_sets: tuple[str, ...] = ADBENCH_SETS
+    adbench_ratios: tuple[float, ...] = (0.01, 0.05, 0.10)
+    adbench_seeds: tuple[int, ...] = (1, 2, 3)
+    adbench_methods: tuple[str, ...] = ("proto", "catboost", "devnet", "iforest")
+    adbench_steps: int = 300
+
+    def __post_init__(self) -> None:
+        if not self.datasets or not self.methods or not self.seeds:
+            raise ConfigError("benchmark.datasets, methods and seeds must not be empty")
+        if not self.shots or min(self.shots) < 0:
+            raise ConfigError(f"benchmark.shots must be non-negative, got {self.shots}")
+        if self.n_episodes < 1 or self.steps < 0 or self.meta_batch < 1:
+            raise ConfigError("benchmark.n_episodes and meta_batch must be >= 1, steps >= 0")
+        if any(not 0 < r <= 1 for r in self.adbench_ratios):
+            raise ConfigError(
+                f"benchmark.adbench_ratios must be in (0, 1], got {self.adbench_ratios}"
+            )
+        for m, hp in self.hparams.items():
+            if not isinstance(hp, Mapping):
+                raise ConfigError(f"benchmark.hparams.{m} must be a mapping, got {hp!r}")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of ``params.yaml``, typed."""
 
@@ -151,6 +271,9 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     def to_dict(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:
@@ -175,6 +298,17 @@ class Params:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _bool_hint(value: Any) -> str:
+    """Why a string field got a boolean: YAML 1.1 reads unquoted yes/no/on/off as booleans,
+    so ``normal_value: no`` arrives as ``False``; the fix is quoting, which the message says."""
+    if isinstance(value, bool):
+        return (
+            " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value, "
+            'e.g. normal_value: "no" or -S \'ingest.normal_value="no"\')'
+        )
+    return ""
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML value to the annotated type, naming ``key`` when it cannot."""
     origin = typing.get_origin(annotation)
@@ -190,7 +324,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{key}: {value!r} does not fit {annotation}")
+        raise ConfigError(f"{key}: {value!r} does not fit {annotation}{_bool_hint(value)}")
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, Sequence):
             raise ConfigError(f"{key} must be a list, got {value!r}")
@@ -213,7 +347,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
+            raise ConfigError(f"{key} must be a string, got {value!r}{_bool_hint(value)}")
         return value
     return value
 

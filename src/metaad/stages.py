@@ -28,6 +28,7 @@ from metaad.episodes.split import TypeSplit, assign_rows, split_types
 from metaad.errors import DataError
 from metaad.models.base import Detector, History, StepCallback
 from metaad.models.registry import create, family_of
+from metaad.train_hooks import TrainHooks
 
 log = logging.getLogger(__name__)
 
@@ -263,16 +264,26 @@ def train_method(
     progress: bool = False,
     callback: StepCallback | None = None,
     hparams: dict[str, Any] | None = None,
+    hooks: TrainHooks | None = None,
 ) -> tuple[Detector, History, float]:
-    """Build and meta-train one method on the meta-train pool; returns seconds taken."""
+    """Build and meta-train one method on the meta-train pool; returns seconds taken.
+
+    ``hooks`` (meta-learners only; ``metaad.distributed`` passes them) add gradient
+    all-reduce, per-rank task streams, checkpoints and resume to the training loop.
+    """
     seed_everything(params.train.seed)
     train_pool = prep.pools["train"]
     hp = dict(params.train.hparams if hparams is None else hparams)
     hp.setdefault("seed", params.train.seed)
     det = create(method, train_pool.input_shape, **hp)
+    extra: dict[str, Any] = {} if hooks is None else {"hooks": hooks}
     t0 = time.perf_counter()
     hist = det.fit(
-        train_pool, params.train.fit_config(progress), val=prep.pools.get("val"), callback=callback
+        train_pool,
+        params.train.fit_config(progress),
+        val=prep.pools.get("val"),
+        callback=callback,
+        **extra,
     )
     return det, hist, time.perf_counter() - t0
 
@@ -296,12 +307,31 @@ def train(
     params: Params, root: Path, *, progress: bool = False, callback: StepCallback | None = None
 ) -> Trained:
     """Meta-train ``train.method`` and write the model bundle and its learning curve."""
-    lay = Layout(root)
     prep = load_prepared(params, root)
     method = params.train.method
     if family_of(method) == "baseline":
         raise DataError(f"train.method must be a meta-learner, {method!r} is a baseline")
     det, hist, secs = train_method(params, prep, method, progress=progress, callback=callback)
+    return save_trained(params, root, prep, det, hist, secs)
+
+
+def save_trained(
+    params: Params,
+    root: Path,
+    prep: Prepared,
+    det: Detector,
+    hist: History,
+    secs: float,
+    *,
+    extra_meta: dict[str, Any] | None = None,
+) -> Trained:
+    """Write a trained meta-learner's bundle, learning curve and plot under ``artifacts/model``.
+
+    Apart from :func:`train` so that distributed training (``metaad.distributed``, whose
+    rank 0 alone writes) produces exactly the bundle the single-process stage does.
+    """
+    lay = Layout(root)
+    method = det.name
     rng = np.random.default_rng(params.train.seed)
     tr = prep.pools["train"]
     ref = tr.X[np.sort(rng.choice(tr.normal_idx, size=min(200, len(tr.normal_idx)), replace=False))]
@@ -324,6 +354,7 @@ def train(
         "split": prep.split.to_dict(),
         "params_digest": params.digest(),
         "train_seconds": secs,
+        **(extra_meta or {}),
     }
     bundle = ModelBundle(det, prep.preprocessor, ref, tr.X[lib_idx], tr.types[lib_idx], meta)
     bundle.save(lay.model)
@@ -349,39 +380,48 @@ class Evaluated:
 
 
 def evaluate(params: Params, root: Path, *, progress: bool = False) -> Evaluated:
-    """Score the trained model and every listed method on the frozen episodes."""
+    """Score the trained model and every listed method on the frozen episodes.
+
+    The work is a list of independent units, one per method (``metaad.evaluation.units``);
+    here they run one after another. A flow may instead map them as tasks on a Dask
+    cluster and pass the results to :func:`finish_evaluation`: the same rows either way.
+    """
+    from metaad.evaluation.units import evaluate_unit, plan_units
+
+    prep = load_prepared(params, root)
+    bundle = ModelBundle.load(Layout(root).model)
+    trained = bundle.detector.name
+    results = [
+        evaluate_unit(params, root, u, prep=prep, bundle=bundle, progress=progress)
+        for u in plan_units(params, trained)
+    ]
+    return finish_evaluation(params, root, results, trained_method=trained, prep=prep)
+
+
+def finish_evaluation(
+    params: Params,
+    root: Path,
+    results: list[Any],
+    *,
+    trained_method: str,
+    prep: Prepared | None = None,
+) -> Evaluated:
+    """Summarise evaluation units' results and write ``artifacts/eval`` (tables, plots).
+
+    ``results`` are :class:`metaad.evaluation.units.UnitResult`, in plan order.
+    """
     from metaad.evaluation.plots import plot_auprc_vs_k, plot_pr_curves
     from metaad.evaluation.report import dvc_metrics, markdown_table, per_type_table, results_json
-    from metaad.evaluation.runner import best_by, evaluate_detector, summarise
+    from metaad.evaluation.runner import best_by, summarise
 
     lay = Layout(root)
-    prep = load_prepared(params, root)
-    bundle = ModelBundle.load(lay.model)
-    trained = bundle.detector.name
-    methods = [trained] + [m for m in params.evaluate.methods if m != trained]
-    frames, families, curves, timings = [], {}, {}, {}
+    prep = load_prepared(params, root) if prep is None else prep
+    trained = trained_method
     gate_k = params.evaluate.gate_k
-    test = prep.pools["test"]
-    for m in methods:
-        families[m] = family_of(m)
-        if m == trained:
-            det = bundle.detector
-        else:
-            # train.hparams belong to train.method; every other method runs its defaults
-            det, _, secs = train_method(params, prep, m, progress=progress, hparams={})
-            timings[m] = secs
-        per = evaluate_detector(det, test, prep.episodes, method=m, progress=progress)
-        frames.append(per)
-        ep = next((x for x in prep.episodes if x.shots == gate_k), None)
-        if ep is not None:
-            s = det.adapt(test.X[ep.support_idx], ep.support_y).score(test.X[ep.query_idx])
-            curves[m] = (ep.query_y, s)
-        log.info(
-            "evaluate: %s macro AUPRC@K=%d %.3f",
-            m,
-            gate_k,
-            per[per.shots == gate_k].auprc.mean() if (per.shots == gate_k).any() else np.nan,
-        )
+    frames = [r.per_episode for r in results]
+    families = {r.label: r.family for r in results}
+    curves = {r.label: r.curve for r in results if r.curve is not None}
+    timings = {r.label: r.fit_seconds for r in results if r.fit_seconds is not None}
     per_episode = pd.concat(frames, ignore_index=True)
     summary = summarise(per_episode)
     best = best_by(summary, gate_k, family_of=families)

@@ -2,10 +2,10 @@
 
 The meta-learners' ``fit`` loops take ``hooks=None`` by default and then run exactly as
 before (same random streams, same results, byte for byte). ``metaad.distributed`` passes a
-:class:`TrainHooks` so that, under ``torchrun``, each rank draws its own tasks from its own
-random stream, gradients are averaged across ranks after every backward pass, and the
-whole training state (weights, optimiser, random streams, step, learning curve, best
-validation weights) is checkpointed and restored.
+:class:`TrainHooks` so that, under ``torchrun``, each rank trains on its own slice of every
+task batch, the slices' gradients are combined across ranks after every backward pass,
+and the whole training state (weights, optimiser, random streams, step, learning curve,
+best validation weights) is checkpointed and restored.
 
 Why hooks instead of ``torch.nn.parallel.DistributedDataParallel``: MAML's outer loss runs
 the network through ``torch.func.functional_call`` under ``vmap``, and the metric learner
@@ -34,40 +34,49 @@ CheckpointWriter = Callable[[dict[str, Any]], None]
 class TrainHooks:
     """Everything off by default; see the module docstring for why each exists.
 
-    ``task_seed`` seeds this process's task-sampling stream (``[seed, rank]`` under DDP) so
-    ranks draw different tasks; ``meta_batch`` is this process's share of the batch;
-    ``start`` runs once before the first step (DDP: broadcast rank 0's initial weights);
-    ``sync_gradients`` runs after every ``backward``; ``write_checkpoint`` is called every
-    ``checkpoint_every`` steps and at the last step; ``resume`` is a state written by
-    :func:`snapshot`, to continue from instead of starting over.
+    ``shard=(rank, world)`` keeps this process's slice of every task batch: all processes
+    draw the same global batch of ``train.meta_batch`` tasks from the same stream (cheap:
+    indices), build it, and each scores only its own contiguous slice, as a
+    ``DistributedSampler`` shards one shared permutation. With ``sync_gradients`` summing
+    the slices' gradients weighted by their share, every step takes the single-process
+    gradient, so a run gives the same model for any number of processes (up to float
+    rounding). ``start`` runs once before the first step (DDP: broadcast rank 0's initial
+    weights); ``mean_loss`` turns this slice's loss into the batch's (for the learning
+    curve); ``write_checkpoint`` is called every ``checkpoint_every`` steps and at the last
+    step; ``resume`` is a state written by :func:`snapshot`, to continue from.
     """
 
-    task_seed: Sequence[int] | None = None
-    meta_batch: int | None = None
+    shard: tuple[int, int] | None = None
     start: GradSync | None = None
     sync_gradients: GradSync | None = None
+    mean_loss: Callable[[torch.Tensor], float] | None = None
     checkpoint_every: int = 0
     write_checkpoint: CheckpointWriter | None = None
     resume: Mapping[str, Any] | None = None
 
-    def task_rng(self, rng: np.random.Generator) -> np.random.Generator:
-        """The stream to draw tasks from: this process's own, or ``rng`` unchanged."""
-        return rng if self.task_seed is None else np.random.default_rng(list(self.task_seed))
+    def take(self, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This process's slice (along the task dimension) of each batch tensor."""
+        if self.shard is None:
+            return batch
+        lo, hi = shard_bounds(len(batch[0]), *self.shard)
+        return tuple(t[lo:hi] for t in batch)
 
-    def reseed(self, generator: torch.Generator, offset: int) -> torch.Generator:
-        """A loop's private torch stream, made this process's own when ranks differ."""
-        if self.task_seed is not None:
-            seq = np.random.SeedSequence([*map(int, self.task_seed), int(offset)])
-            generator.manual_seed(int(seq.generate_state(1)[0]))
-        return generator
-
-    def batch_size(self, meta_batch: int) -> int:
-        return meta_batch if self.meta_batch is None else int(self.meta_batch)
+    def loss_value(self, loss: torch.Tensor) -> float:
+        return float(loss.detach()) if self.mean_loss is None else self.mean_loss(loss)
 
     def checkpoint_due(self, step: int, last: int) -> bool:
         if self.write_checkpoint is None or self.checkpoint_every <= 0:
             return False
         return step % self.checkpoint_every == 0 or step == last
+
+
+def shard_bounds(n_tasks: int, rank: int, world: int) -> tuple[int, int]:
+    """``[lo, hi)`` of rank's contiguous share of ``n_tasks`` (the first ranks get the rest)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in [0, {world})")
+    base, extra = divmod(n_tasks, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
 
 
 def snapshot(
@@ -126,4 +135,11 @@ def restore_loop_state(
     return int(state["step"]) + 1, [dict(r) for r in state["history"]]
 
 
-__all__ = ["CheckpointWriter", "GradSync", "TrainHooks", "restore_loop_state", "snapshot"]
+__all__ = [
+    "CheckpointWriter",
+    "GradSync",
+    "TrainHooks",
+    "restore_loop_state",
+    "shard_bounds",
+    "snapshot",
+]

@@ -169,8 +169,45 @@ def train(
     set_: SetOpt = None,
     root: RootOpt = Path("."),
     progress: ProgressOpt = True,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed/--no-distributed",
+            help="Data-parallel training: torchrun, one process per GPU (gloo on CPU).",
+        ),
+    ] = False,
+    nproc_per_node: Annotated[
+        int, typer.Option(help="With --distributed: processes (0: one per GPU, else 2).")
+    ] = 0,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume", help="With --distributed: continue from the last checkpoint."
+        ),
+    ] = True,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(help="With --distributed: steps between checkpoints (default: params)."),
+    ] = None,
 ) -> None:
     """Meta-train `train.method` (CUDA when present) and write artifacts/model."""
+    if distributed:
+        import subprocess
+
+        from metaad.distributed import default_nproc, launch_command
+
+        set_offline_env()
+        cmd = launch_command(
+            nproc_per_node or default_nproc(),
+            params_path=params,
+            overrides=set_ or [],
+            root=root,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+        )
+        typer.echo(" ".join(cmd), err=True)
+        raise typer.Exit(code=subprocess.run(cmd, check=False).returncode)
     try:
         from metaad import stages
 
@@ -238,6 +275,15 @@ def show_params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
         typer.echo("")
     except MetaADError as exc:
         _fail(exc)
+
+
+from metaad_cli.serve_cmds import register as _register_serve_cmds  # noqa: E402
+
+_register_serve_cmds(app)  # `metaad types add|list`, `metaad score`
+
+from metaad_cli.bench_cmds import register as _register_bench_cmds  # noqa: E402
+
+_register_bench_cmds(app)  # `metaad datasets|import-dataset|benchmark|adbench`
 
 
 if __name__ == "__main__":  # pragma: no cover

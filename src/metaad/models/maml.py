@@ -52,6 +52,7 @@ from metaad.episodes.sampler import TaskBatch, sample_task_batch
 from metaad.errors import ConfigError, DataError, MetaADError, UnknownMethodError
 from metaad.models.base import Detector, FitConfig, History, StepCallback
 from metaad.models.encoders import make_encoder
+from metaad.train_hooks import TrainHooks, restore_loop_state, snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -456,11 +457,13 @@ class MAML(Detector):
         *,
         val: Pool | None = None,
         callback: StepCallback | None = None,
+        hooks: TrainHooks | None = None,
     ) -> History:
         """Meta-train on tasks from ``pool``'s anomaly types; continues from the current state.
 
         Each outer step draws one shot count from ``cfg.shots`` and ``cfg.meta_batch`` tasks
-        with it, so the batch has fixed shapes and runs under one ``vmap``.
+        with it, so the batch has fixed shapes and runs under one ``vmap``. ``hooks`` (off
+        by default) add what DDP and resume need (``metaad.distributed``).
         """
         if pool.input_shape != self.input_shape:
             raise DataError(
@@ -473,6 +476,10 @@ class MAML(Detector):
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         self.to(device)
+        resume = hooks.resume if hooks is not None else None
+        if resume is not None:  # before the optimiser: loading replaces the step-size tensors
+            self.load_state_tensors(resume["model"])
+            self.to(device)
         dtype = next(self.model.parameters()).dtype
         X_all = torch.as_tensor(pool.X, dtype=dtype, device=device)
         extra = [*self.inner_lr_raw.values()] + (
@@ -495,8 +502,15 @@ class MAML(Detector):
             cfg.meta_batch,
             list(cfg.shots),
         )
-        bar = tqdm(range(1, cfg.steps + 1), desc=f"fit {self.name}", disable=not cfg.progress)
         best_val, best_state = -math.inf, None
+        start = 1
+        if hooks is not None:
+            if hooks.start is not None:
+                hooks.start(self.meta_parameters())
+            if resume is not None:
+                start, history.records = restore_loop_state(resume, opt, rng)
+                best_val, best_state = resume["best_val"], resume["best_state"]
+        bar = tqdm(range(start, cfg.steps + 1), desc=f"fit {self.name}", disable=not cfg.progress)
         for step in bar:
             shots = int(cfg.shots[int(rng.integers(len(cfg.shots)))])
             batch = sample_task_batch(
@@ -509,11 +523,13 @@ class MAML(Detector):
                 n_query_anomaly=cfg.n_query_anomaly,
             )
             X_s, y_s, X_q, y_q = _gather(X_all, batch, device)
+            if hooks is not None:  # DDP: this process's slice of the batch
+                X_s, y_s, X_q, y_q = hooks.take(X_s, y_s, X_q, y_q)
             with autocast(device):
                 loss = self.meta_loss(
                     X_s, y_s, X_q, y_q, steps=steps_for_shots(shots, self.inner_steps)
                 )
-            values = {"loss": float(loss.detach())}
+            values = {"loss": hooks.loss_value(loss) if hooks else float(loss.detach())}
             if not math.isfinite(values["loss"]):
                 raise MetaADError(
                     f"{self.name}: meta-training diverged at step {step} (loss "
@@ -521,6 +537,8 @@ class MAML(Detector):
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if hooks is not None and hooks.sync_gradients is not None:
+                hooks.sync_gradients(self.meta_parameters())
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.meta_parameters(), grad_clip)
             opt.step()
@@ -531,6 +549,18 @@ class MAML(Detector):
             history.log(step, **values)
             if callback is not None:
                 callback(step, values)
+            if hooks is not None and hooks.checkpoint_due(step, cfg.steps):
+                hooks.write_checkpoint(  # type: ignore[misc]
+                    snapshot(
+                        step=step,
+                        model=self.state_tensors(),
+                        optimizer=opt,
+                        rng=rng,
+                        history=history.records,
+                        best_val=best_val,
+                        best_state=best_state,
+                    )
+                )
             if cfg.progress:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
         if best_state is not None:
