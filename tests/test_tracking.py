@@ -23,7 +23,7 @@ from metaad.bundle import ModelBundle
 from metaad.config import Params, load_params
 from metaad.episodes.preprocess import Preprocessor
 from metaad.models.metric import MetricLearner
-from metaad.pyfunc_model import FLAG, SCORE, predict_frame
+from metaad.pyfunc_model import FLAG, OUTPUT_COLUMNS, SCORE, predict_frame
 from metaad.stages import Layout
 from metaad.tracking import (
     CHALLENGER,
@@ -42,6 +42,7 @@ from metaad.tracking import (
     summary_metrics,
     using_tracking_uri,
 )
+from metaad.typelib import ServedScorer
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 
@@ -239,7 +240,10 @@ def test_model_is_logged_into_the_run_registered_and_served(store: dict, tmp_pat
     with using_tracking_uri(store["uri"]):
         model = mlflow.pyfunc.load_model(f"models:/{name}@{CHALLENGER}")
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}"))
-    assert model.metadata.get_input_schema().input_names() == FEATURES
+    # outputs-only signature: the model checks its input itself (metaad.pyfunc_model)
+    assert model.metadata.get_input_schema() is None
+    contract = model.metadata.metadata["metaad_input"]
+    assert [c["name"] for c in contract if c["required"]] == FEATURES
     reqs = (local / "requirements.txt").read_text().split()
     assert "torch==2.13.0" in reqs
     assert {r.split("==")[0] for r in reqs} >= {"numpy", "pandas", "scikit-learn", "mlflow"}
@@ -249,21 +253,20 @@ def test_model_is_logged_into_the_run_registered_and_served(store: dict, tmp_pat
 
     rows = canonical(4)
     out = model.predict(rows[FEATURES])
-    assert list(out.columns) == [SCORE, FLAG] and len(out) == len(rows)
+    assert list(out.columns) == list(OUTPUT_COLUMNS) and len(out) == len(rows)
     assert out[SCORE].dtype == np.float64 and out[FLAG].dtype == bool
     bundle = ModelBundle.load(bundle_dir)
-    np.testing.assert_allclose(
-        out[SCORE], bundle.score(bundle.preprocessor.transform(rows)), rtol=1e-5
-    )
-    assert (out[FLAG] == (out[SCORE] >= bundle.threshold)).all()
+    served = ServedScorer(bundle).score(bundle.preprocessor.transform(rows))
+    np.testing.assert_allclose(out[SCORE], served.anomaly_score, rtol=1e-5)
+    assert (out[FLAG] == (out[SCORE] >= 1.0)).all()  # the calibrated alert line
 
 
 def test_predict_names_every_missing_column(tmp_path: Path) -> None:
     bundle = ModelBundle.load(make_bundle(tmp_path / "m"))
     with pytest.raises(ValueError, match=r"\['f1', 'f3'\]"):
         predict_frame(bundle, canonical()[["f0", "f2"]])
-    empty = predict_frame(bundle, canonical().iloc[:0])
-    assert list(empty.columns) == [SCORE, FLAG] and len(empty) == 0
+    with pytest.raises(ValueError, match="no rows"):
+        predict_frame(bundle, canonical()[FEATURES].iloc[:0])
 
 
 def test_serving_requirements_pin_exactly() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ def register_and_gate(
         log_and_register_model,
         log_pipeline_run,
     )
+    from metaad.typelib import write_serving_bundle
 
     set_offline_env()
     root = Path(root)
@@ -89,15 +91,19 @@ def register_and_gate(
         params, root, per_episode=per_episode, flow_run_id=flow_run_id, tracking_uri=uri
     )
     test_rows = pd.read_parquet(lay.episodes / "test_rows.parquet")
-    mv = log_and_register_model(
-        lay.model,
-        params,
-        test_rows,
-        run_id=run_id,
-        root=root,
-        tracking_uri=uri,
-        flow_run_id=flow_run_id,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # The registered bundle carries calibration normals and the serving limits
+        # (metaad.typelib); written to a copy, since artifacts/model is a DVC output.
+        served = write_serving_bundle(lay.model, params, root, Path(tmp) / "bundle")
+        mv = log_and_register_model(
+            served,
+            params,
+            test_rows,
+            run_id=run_id,
+            root=root,
+            tracking_uri=uri,
+            flow_run_id=flow_run_id,
+        )
     name, version = params.register.model_name, str(mv.version)
     sample = input_example(lay.model, test_rows, n=50)
     loads_ok, load_error = check_loads(f"models:/{name}/{version}", sample, tracking_uri=uri)

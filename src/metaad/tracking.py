@@ -510,16 +510,22 @@ def log_and_register_model(
     """Log the bundle as a pyfunc, register it, point ``alias`` at it and tag it with lineage.
 
     The model goes into run ``run_id`` (typically the one :func:`log_pipeline_run`
-    returned), else the active run, else a new run. The signature is inferred from
-    ``input_example_df`` (canonical rows; only the feature columns are kept) and the
-    model's own output on it, so a served model rejects requests with missing or mistyped
-    columns before scoring. ``alias`` is ``challenger``: only the promotion gate moves
-    ``champion``.
+    returned), else the active run, else a new run. The input example is a few rows of
+    ``input_example_df`` (canonical rows; only the request columns are kept). The signature
+    declares the output only: MLflow's input enforcement would drop unknown columns
+    silently, so the model checks requests itself (``metaad.pyfunc_model.parse_request``)
+    and its input contract is recorded in the MLmodel metadata. ``alias`` is
+    ``challenger``: only the promotion gate moves ``champion``.
     """
-    from mlflow.models import infer_signature
-
     from metaad.bundle import ModelBundle
-    from metaad.pyfunc_model import BUNDLE_ARTIFACT, MetaADPyfunc, predict_frame
+    from metaad.pyfunc_model import (
+        BUNDLE_ARTIFACT,
+        SUPPORT,
+        MetaADPyfunc,
+        input_contract,
+        predict_frame,
+        serving_signature,
+    )
 
     set_offline_env()
     bundle_dir = Path(bundle_dir)
@@ -532,8 +538,10 @@ def log_and_register_model(
     )
     # Load and score before logging anything: a bundle that cannot predict is never registered.
     example = input_example(bundle_dir, input_example_df)
-    output = predict_frame(ModelBundle.load(bundle_dir), example)
-    signature = infer_signature(example, output)
+    bundle = ModelBundle.load(bundle_dir)
+    predict_frame(bundle, example)
+    signature = serving_signature()
+    contract = {"metaad_input": input_contract(bundle), "metaad_support_column": SUPPORT}
     tags = dict(lineage) if lineage is not None else lineage_tags(base, params, flow_run_id)
     name = params.register.model_name
 
@@ -550,6 +558,7 @@ def log_and_register_model(
                 code_paths=[str(code)],
                 signature=signature,
                 input_example=example,
+                metadata=contract,
                 pip_requirements=serving_requirements(),
             )
             mv = mlflow.register_model(info.model_uri, name)
