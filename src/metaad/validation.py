@@ -256,6 +256,7 @@ def build_suite(
     categorical: Sequence[str] = (),
     min_rows_per_type: int,
     profile: Mapping[str, Any] | None = None,
+    extra: Sequence[Any] = (),
 ) -> gx.ExpectationSuite:
     """Build the canonical-table suite in code.
 
@@ -403,6 +404,8 @@ def build_suite(
         f"{IS_DUPLICATE} marks exact repeats of an earlier row; many repeats leak between "
         "support and query sets.",
     )
+    # A dataset's own checks (metaad.datasets.validation) ride on the same suite and report.
+    exps.extend(extra)
     return gx.ExpectationSuite(name=SUITE_NAME, expectations=exps)
 
 
@@ -600,6 +603,7 @@ def validate_table(
     min_rows_per_type: int,
     profile: Mapping[str, Any] | None = None,
     report_dir: Path | None = None,
+    extra: Sequence[Any] = (),
 ) -> ValidationReport:
     """Run the suite on ``df`` in an ephemeral GX context and return what it found.
 
@@ -620,6 +624,7 @@ def validate_table(
         categorical=categorical,
         min_rows_per_type=min_rows_per_type,
         profile=profile,
+        extra=extra,
     )
     frame = _with_derived(df, min_rows_per_type)
 

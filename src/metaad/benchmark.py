@@ -1,0 +1,794 @@
+"""The unseen-type benchmark on real datasets (DESIGN.md, "Evaluation protocol").
+
+For each dataset: its loader's protocol fixes the unseen types and which normal rows an
+episode may use (:mod:`metaad.datasets`); preprocessing is fitted on meta-train rows only;
+then, for each seed, evaluation episodes are drawn once, written to disk, read back, and
+every method -- every meta-learner and every baseline -- is trained with that seed and scored
+on exactly those episodes (:func:`metaad.evaluation.runner.evaluate_detector`). The sha256 of
+each frozen episode file is recorded next to every method's results, so "the same episodes
+for all" is checked, not assumed.
+
+Summaries are the pipeline's own (:func:`~metaad.evaluation.runner.summarise`: mean and 95%
+t-interval over episodes, macro over unseen types); repetitions are numbered across seeds, so
+a macro interval spans episode draws and training seeds. Outputs: ``results.json``,
+``results.md`` (tables with intervals and the headline checks of issue 4), ``per_episode.csv``
+and one ``auprc_vs_k_<dataset>.png`` per dataset; optionally one MLflow run holding all of it.
+
+Nothing here knows about Prefect or Typer: ``flows/benchmark.py`` and ``metaad benchmark``
+are thin shells over :func:`run_benchmark`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metaad.config import BenchmarkConfig, Params, TrainConfig
+from metaad.data.schema import LABEL, SERIES, SOURCE_SPLIT, TYPE, anomaly_types, check_canonical
+from metaad.datasets.base import NORMALS_SOURCE, LoadedDataset, Protocol
+from metaad.episodes.pool import Pool
+from metaad.episodes.preprocess import Preprocessor, make_windows
+from metaad.episodes.sampler import EpisodeSet, build_eval_episodes
+from metaad.episodes.split import SPLITS, TypeSplit, assign_rows, split_types
+from metaad.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: Train shots of the meta-learners (as in the pipeline's ``train.shots``).
+TRAIN_SHOTS: tuple[int, ...] = (1, 5, 10)
+#: The K of the headline comparison, and the pair of the "one label vs ten" check.
+HEADLINE_K = 5
+ONE_SHOT_K, TEN_SHOT_K, TEN_SHOT_METHOD = 1, 10, "hgb_sup"
+#: The margin the best meta-learner must beat the best baseline by (issue 4).
+WIN_MARGIN = 0.05
+
+
+# -- preparing a dataset ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A dataset split into pools, with the types it is evaluated on and the ones it is not.
+
+    ``dropped_types`` maps an unseen type that cannot fill an episode (too few rows or
+    windows for the largest K plus the query anomalies) to the reason; it is reported, never
+    padded by sampling with replacement.
+    """
+
+    name: str
+    protocol: Protocol
+    split: TypeSplit
+    preprocessor: Preprocessor
+    pools: dict[str, Pool]
+    window: dict[str, int] | None
+    test_types: tuple[str, ...]
+    dropped_types: dict[str, str]
+    categorical: tuple[str, ...] = ()
+    report: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What a reader needs to judge the numbers: split, pool sizes, drops, protocol."""
+        return {
+            "protocol": self.protocol.to_dict(),
+            "split": self.split.to_dict(),
+            "evaluated_types": list(self.test_types),
+            "dropped_types": dict(self.dropped_types),
+            "window": self.window,
+            "features": len(self.preprocessor.output_names),
+            "pools": {
+                s: {
+                    "rows_or_windows": len(p),
+                    "normals": len(p.normal_idx),
+                    "anomalies": int(p.y.sum()),
+                    "per_type": {t: len(p.type_index[t]) for t in p.anomaly_types},
+                }
+                for s, p in self.pools.items()
+            },
+        }
+
+
+def query_anomalies(protocol: Protocol) -> int:
+    """Query anomalies per episode: the stated contamination of ``n_query_normal`` normals."""
+    c = protocol.contamination
+    return max(1, round(protocol.n_query_normal * c / (1.0 - c)))
+
+
+def assign_by_source(
+    df: pd.DataFrame, split: TypeSplit, *, seed: int, val_share: float = 1.0 / 7.0
+) -> np.ndarray:
+    """Row splits when the protocol's normals follow ``source_split`` (e.g. NSL-KDD's files).
+
+    Anomalies follow their type's split, but only when their source agrees with it (a
+    training type's rows from the test file, or a test type's rows from the training file,
+    are left out). Normals from a ``test`` source go to test; from ``train`` to train or, for
+    a ``val_share`` of them, val (by series when the table has one); from ``val`` to val.
+    """
+    if SOURCE_SPLIT not in df.columns:
+        raise DataError(f"this protocol needs a {SOURCE_SPLIT!r} column")
+    src = df[SOURCE_SPLIT].astype(str).to_numpy()
+    bad = sorted(set(src) - set(SPLITS))
+    if bad:
+        raise DataError(f"{SOURCE_SPLIT} must be one of {list(SPLITS)}; found {bad}")
+    types = df[TYPE].astype(str).to_numpy()
+    is_anom = df[LABEL].to_numpy() == 1
+    out = np.full(len(df), "", dtype=object)
+    for name in SPLITS:
+        of_split = is_anom & np.isin(types, split.of(name))
+        ok_src = ("test",) if name == "test" else ("train", "val")
+        out[of_split & np.isin(src, ok_src)] = name
+    normal = ~is_anom
+    out[normal & (src == "test")] = "test"
+    out[normal & (src == "val")] = "val"
+    tr = normal & (src == "train")
+    rng = np.random.default_rng([seed, 2])
+    share = val_share if split.val else 0.0
+    if SERIES in df.columns:
+        series = df[SERIES].astype(str).to_numpy()
+        uniq = np.unique(series[tr])
+        to_val = set(uniq[rng.random(len(uniq)) < share].tolist())
+        val_rows = tr & np.isin(series, list(to_val))
+    else:
+        val_rows = tr.copy()
+        val_rows[tr] = rng.random(int(tr.sum())) < share
+    out[tr] = "train"
+    out[val_rows] = "val"
+    return out
+
+
+def _pool(df: pd.DataFrame, pre: Preprocessor, window: dict[str, int] | None) -> Pool:
+    X = pre.transform(df)
+    if window:
+        W, y, t, g = make_windows(df, X, **window)
+        codes = np.unique(g, return_inverse=True)[1].astype(np.int64)
+        return Pool(W, y, t, tuple(pre.output_names), codes)
+    return Pool(X, df[LABEL].to_numpy(np.int64), df[TYPE].astype(str).to_numpy(), ())
+
+
+def cap_types(pool: Pool, cap: int, *, seed: int) -> Pool:
+    """``pool`` with at most ``cap`` rows of each anomaly type (normals untouched)."""
+    rng = np.random.default_rng([seed, 3])
+    keep = [pool.normal_idx]
+    for t in pool.anomaly_types:
+        idx = pool.type_index[t]
+        keep.append(idx if len(idx) <= cap else rng.choice(idx, cap, replace=False))
+    return pool.subset(np.sort(np.concatenate(keep)))
+
+
+def prepare_dataset(
+    ds: LoadedDataset,
+    *,
+    shots: Sequence[int],
+    split_seed: int = 0,
+    protocol: Protocol | None = None,
+) -> PreparedDataset:
+    """Split ``ds`` by its protocol, fit preprocessing on meta-train rows, build the pools."""
+    p = protocol or ds.protocol
+    if p is None:
+        raise ConfigError(
+            f"dataset {ds.name!r} has no anomaly types, so the unseen-type benchmark does not "
+            "apply; use the ADBench check (metaad adbench) for binary sets"
+        )
+    df = ds.table
+    check_canonical(df, categorical=ds.categorical)
+    present = anomaly_types(df)
+    listed = [t for t in (*p.train_types, *p.val_types, *p.test_types) if t not in present]
+    if listed:
+        log.info("%s: listed types absent from the table: %s", ds.name, listed)
+    split = split_types(
+        present,
+        seed=split_seed,
+        n_val=p.n_val_types,
+        n_test=p.n_test_types,
+        train=[t for t in p.train_types if t in present],
+        val=[t for t in p.val_types if t in present],
+        test=[t for t in p.test_types if t in present],
+    )
+    if p.normals == NORMALS_SOURCE:
+        rows = assign_by_source(df, split, seed=split_seed, val_share=p.val_normal_share)
+    else:
+        rows = assign_rows(df, split, seed=split_seed)
+    frames = {s: df[rows == s] for s in SPLITS}
+    if frames["train"].empty or frames["test"].empty:
+        raise DataError(f"{ds.name}: the protocol leaves no meta-train or no evaluation rows")
+    pre = Preprocessor.fit(frames["train"], categorical=ds.categorical)
+    window = {"window": p.window, "stride": p.stride} if p.window else None
+    if window and SERIES not in df.columns:
+        raise DataError(f"{ds.name}: the protocol asks for windows but the table has no series")
+    pools = {s: _pool(f, pre, window) for s, f in frames.items() if len(f)}
+    if p.max_rows_per_train_type is not None:
+        for s in ("train", "val"):
+            if s in pools:
+                pools[s] = cap_types(pools[s], p.max_rows_per_train_type, seed=split_seed)
+    need = max(shots) + query_anomalies(p)
+    test_pool = pools["test"]
+    unit = "windows" if window else "rows"
+    kept, dropped = [], {}
+    for t in split.test:
+        have = len(test_pool.type_index.get(t, ()))
+        if have >= need:
+            kept.append(t)
+        else:
+            dropped[t] = f"{have} {unit}; K={max(shots)} + {query_anomalies(p)} query need {need}"
+    if not kept:
+        raise DataError(f"{ds.name}: no unseen type has the {need} {unit} an episode needs")
+    have_normals = len(test_pool.normal_idx)
+    if have_normals < p.n_support_normal + p.n_query_normal:
+        raise DataError(
+            f"{ds.name}: {have_normals} evaluation normal {unit}; an episode needs "
+            f"{p.n_support_normal + p.n_query_normal}"
+        )
+    return PreparedDataset(
+        name=ds.name,
+        protocol=p,
+        split=split,
+        preprocessor=pre,
+        pools=pools,
+        window=window,
+        test_types=tuple(kept),
+        dropped_types=dropped,
+        categorical=ds.categorical,
+        report=ds.report,
+    )
+
+
+# -- frozen episodes --------------------------------------------------------------------------
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def freeze_episodes(
+    prep: PreparedDataset, *, seed: int, shots: Sequence[int], n_episodes: int, path: Path
+) -> tuple[EpisodeSet, str]:
+    """Draw the seed's episodes, write them, and return them *as read back* with their digest.
+
+    Reading back what was written means every method is scored on the stored file, the
+    one a later reader can re-score, and the fingerprint check ties it to the pool.
+    """
+    p = prep.protocol
+    eps = build_eval_episodes(
+        prep.pools["test"],
+        shots=shots,
+        n_episodes=n_episodes,
+        n_support_normal=p.n_support_normal,
+        n_query_normal=p.n_query_normal,
+        contamination=p.contamination,
+        seed=seed,
+        types=prep.test_types,
+    )
+    eps.save(path)
+    return EpisodeSet.load(path, prep.pools["test"]), sha256_of(path)
+
+
+# -- running ---------------------------------------------------------------------------------
+def train_params(cfg: BenchmarkConfig, protocol: Protocol, seed: int, method: str) -> Params:
+    """The training settings of one (method, seed): the pipeline's Params, benchmark values."""
+    hp = dict(cfg.hparams.get(method, {}))
+    return Params(
+        train=TrainConfig(
+            method=method,
+            seed=int(seed),
+            steps=cfg.steps,
+            meta_batch=cfg.meta_batch,
+            shots=TRAIN_SHOTS,
+            n_support_normal=protocol.n_support_normal,
+            device=cfg.device,
+            val_every=max(1, min(100, cfg.steps // 5 or 1)),
+            hparams=hp,
+        )
+    )
+
+
+@dataclass
+class DatasetResult:
+    name: str
+    per_episode: pd.DataFrame
+    summary: pd.DataFrame
+    families: dict[str, str]
+    episodes_sha256: dict[int, str]
+    method_episodes: dict[str, dict[int, str]]
+    fit_seconds: dict[str, list[float]]
+    eval_seconds: dict[str, list[float]]
+    description: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def run_dataset(
+    prep: PreparedDataset,
+    cfg: BenchmarkConfig,
+    out_dir: Path,
+    *,
+    progress: bool = False,
+    on_method: Callable[[str, int, str, float], None] | None = None,
+) -> DatasetResult:
+    """Every method of ``cfg`` on ``prep``, seed by seed, on the seed's frozen episodes."""
+    from metaad.evaluation.runner import evaluate_detector, summarise
+    from metaad.models.registry import family_of
+    from metaad.stages import Prepared, train_method
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    families = {m: family_of(m) for m in cfg.methods}
+    frames: list[pd.DataFrame] = []
+    digests: dict[int, str] = {}
+    seen: dict[str, dict[int, str]] = {m: {} for m in cfg.methods}
+    fit_s: dict[str, list[float]] = {m: [] for m in cfg.methods}
+    eval_s: dict[str, list[float]] = {m: [] for m in cfg.methods}
+    for si, seed in enumerate(cfg.seeds):
+        path = out_dir / f"episodes_seed{seed}.npz"
+        eps, digest = freeze_episodes(
+            prep, seed=seed, shots=cfg.shots, n_episodes=cfg.n_episodes, path=path
+        )
+        digests[int(seed)] = digest
+        stage_prep = Prepared(prep.split, prep.preprocessor, prep.pools, eps, prep.window)
+        for method in cfg.methods:
+            params = train_params(cfg, prep.protocol, seed, method)
+            t0 = time.perf_counter()
+            det, _, secs = train_method(
+                params, stage_prep, method, progress=progress, hparams=params.train.hparams
+            )
+            t1 = time.perf_counter()
+            # the file on disk, not the object in memory: what every method is scored on
+            if sha256_of(path) != digest:
+                raise DataError(f"{path} changed while the benchmark was running")
+            per = evaluate_detector(det, prep.pools["test"], eps, method=method, shots=cfg.shots)
+            t2 = time.perf_counter()
+            per.insert(0, "dataset", prep.name)
+            per.insert(1, "seed", int(seed))
+            per["rep"] = per["rep"] + si * cfg.n_episodes
+            frames.append(per)
+            seen[method][int(seed)] = digest
+            fit_s[method].append(round(secs, 3))
+            eval_s[method].append(round(t2 - t1, 3))
+            k5 = per.loc[per["shots"] == HEADLINE_K, "auprc"]
+            log.info(
+                "%s seed %s %s: fit %.1fs, eval %.1fs, AUPRC@K=%d %.3f",
+                prep.name,
+                seed,
+                method,
+                t1 - t0,
+                t2 - t1,
+                HEADLINE_K,
+                k5.mean() if len(k5) else float("nan"),
+            )
+            if on_method is not None:
+                on_method(prep.name, int(seed), method, float(k5.mean()) if len(k5) else np.nan)
+    per_episode = pd.concat(frames, ignore_index=True)
+    summary = summarise(per_episode.drop(columns=["dataset", "seed"]))
+    return DatasetResult(
+        name=prep.name,
+        per_episode=per_episode,
+        summary=summary,
+        families=families,
+        episodes_sha256=digests,
+        method_episodes=seen,
+        fit_seconds=fit_s,
+        eval_seconds=eval_s,
+        description=prep.describe(),
+    )
+
+
+# -- headline checks (issue 4, "What it must show") ------------------------------------------
+def _macro(summary: pd.DataFrame, method: str, k: int) -> dict[str, float] | None:
+    from metaad.evaluation.runner import MACRO
+
+    row = summary[
+        (summary["method"] == method) & (summary["shots"] == k) & (summary["type"] == MACRO)
+    ]
+    if row.empty:
+        return None
+    r = row.iloc[0]
+    return {"mean": float(r["auprc_mean"]), "lo": float(r["auprc_lo"]), "hi": float(r["auprc_hi"])}
+
+
+def headline(res: DatasetResult) -> dict[str, Any]:
+    """The issue's comparisons on one dataset, as numbers and booleans (no verdict hidden)."""
+    from metaad.evaluation.runner import MACRO, best_by
+
+    out: dict[str, Any] = {"dataset": res.name}
+    shots = set(res.summary["shots"].unique().tolist())
+    if HEADLINE_K in shots:
+        b = best_by(res.summary, HEADLINE_K, family_of=res.families)
+        macro = res.summary[(res.summary["type"] == MACRO) & (res.summary["shots"] == HEADLINE_K)]
+        top = macro.sort_values(["auprc_mean", "method"], ascending=[False, True]).iloc[0]
+        meta, base = b["meta"], b["baseline"]
+        out["k5"] = {
+            "best_meta": meta,
+            "best_baseline": base,
+            "delta": b["delta"],
+            "intervals_overlap": b["overlap"],
+            "meta_is_best_overall": bool(meta is not None and top["method"] == meta["method"]),
+            "meta_wins_by_margin": bool(b["delta"] is not None and b["delta"] >= WIN_MARGIN),
+            # "never below the best baseline by more than the confidence interval"
+            "meta_within_baseline_ci": bool(
+                meta is not None and base is not None and meta["mean"] >= base["lo"]
+            ),
+        }
+    if ONE_SHOT_K in shots and TEN_SHOT_K in shots and TEN_SHOT_METHOD in res.families:
+        metas = [m for m, f in res.families.items() if f in ("metric", "maml")]
+        best1 = max(
+            ((m, _macro(res.summary, m, ONE_SHOT_K)) for m in metas),
+            key=lambda x: -1.0 if x[1] is None else x[1]["mean"],
+            default=(None, None),
+        )
+        ten = _macro(res.summary, TEN_SHOT_METHOD, TEN_SHOT_K)
+        if best1[1] is not None and ten is not None:
+            out["k1_vs_gbm_k10"] = {
+                "best_meta_k1": {"method": best1[0], **best1[1]},
+                f"{TEN_SHOT_METHOD}_k10": ten,
+                "meta_wins": bool(best1[1]["mean"] > ten["mean"]),
+            }
+    return out
+
+
+def overall_verdict(heads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Issue 4's two claims over the datasets, each with the count it rests on."""
+    k5 = [h for h in heads if "k5" in h and h["k5"]["best_meta"] is not None]
+    wins = [
+        h["dataset"]
+        for h in k5
+        if h["k5"]["meta_is_best_overall"] and h["k5"]["meta_wins_by_margin"]
+    ]
+    rest = [h for h in k5 if h["dataset"] not in wins]
+    k1 = [h for h in heads if "k1_vs_gbm_k10" in h]
+    k1_wins = [h["dataset"] for h in k1 if h["k1_vs_gbm_k10"]["meta_wins"]]
+    return {
+        "k5_meta_wins_by_margin_on": wins,
+        "k5_other_datasets_within_ci": {
+            h["dataset"]: h["k5"]["meta_within_baseline_ci"] for h in rest
+        },
+        "k5_claim_holds": len(k5) >= 4
+        and len(wins) >= 3
+        and all(h["k5"]["meta_within_baseline_ci"] for h in rest),
+        "k1_beats_gbm_k10_on": k1_wins,
+        "k1_claim_holds": len(k1_wins) >= 2,
+        "n_datasets": len(heads),
+    }
+
+
+# -- reports ----------------------------------------------------------------------------------
+def hardware() -> dict[str, Any]:
+    """Where the numbers were measured (README's "hardware" line)."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _fmt(iv: Mapping[str, float] | None) -> str:
+    if iv is None:
+        return "–"
+    return f"{iv['mean']:.3f} ± {(iv['hi'] - iv['lo']) / 2:.3f}"
+
+
+def dataset_markdown(res: DatasetResult, shots: Sequence[int]) -> str:
+    from metaad.evaluation.report import markdown_table, per_type_table
+
+    d = res.description
+    p = d["protocol"]
+    lines = [
+        f"### {res.name}",
+        "",
+        f"Unseen types evaluated: {', '.join(d['evaluated_types'])}"
+        + (
+            "; dropped (too few rows): "
+            + "; ".join(f"{t} ({why})" for t, why in d["dropped_types"].items())
+            if d["dropped_types"]
+            else ""
+        )
+        + ".",
+        f"Meta-train types: {', '.join(d['split']['train'])}; meta-val: "
+        f"{', '.join(d['split']['val']) or 'none'}.",
+        f"Episodes per type, K and seed: support {p['n_support_normal']} normals + K, query "
+        f"{p['n_query_normal']} normals at {p['contamination']:.0%} contamination "
+        f"(random AUPRC {p['contamination']:.2f})"
+        + (f"; windows of {d['window']['window']}" if d["window"] else "")
+        + ".",
+        *(f"- {n}" for n in p["notes"]),
+        "",
+        "Macro AUPRC (mean ± 95% CI half-width):",
+        "",
+        markdown_table(res.summary, metric="auprc", shots=shots).rstrip(),
+        "",
+        "Macro AUROC:",
+        "",
+        markdown_table(res.summary, metric="auroc", shots=shots).rstrip(),
+    ]
+    if HEADLINE_K in shots:
+        lines += [
+            "",
+            f"AUPRC per unseen type at K={HEADLINE_K}:",
+            "",
+            per_type_table(res.summary, HEADLINE_K, "auprc").rstrip(),
+        ]
+    return "\n".join(lines)
+
+
+def headline_markdown(heads: Sequence[Mapping[str, Any]], verdict: Mapping[str, Any]) -> str:
+    rows = [
+        f"| dataset | best meta-learner K={HEADLINE_K} | best baseline K={HEADLINE_K} | delta | "
+        f"meta best overall and +{WIN_MARGIN} | meta >= baseline CI low | best meta K=1 | "
+        f"{TEN_SHOT_METHOD} K=10 | K=1 meta wins |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for h in heads:
+        k5 = h.get("k5") or {}
+        k1 = h.get("k1_vs_gbm_k10") or {}
+        m, b = k5.get("best_meta"), k5.get("best_baseline")
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    h["dataset"],
+                    f"{m['method']} {_fmt(m)}" if m else "–",
+                    f"{b['method']} {_fmt(b)}" if b else "–",
+                    f"{k5['delta']:+.3f}" if k5.get("delta") is not None else "–",
+                    str(k5.get("meta_is_best_overall", False) and k5.get("meta_wins_by_margin")),
+                    str(k5.get("meta_within_baseline_ci", "–")),
+                    f"{k1['best_meta_k1']['method']} {_fmt(k1['best_meta_k1'])}" if k1 else "–",
+                    _fmt(k1.get(f"{TEN_SHOT_METHOD}_k10")) if k1 else "–",
+                    str(k1.get("meta_wins", "–")),
+                ]
+            )
+            + " |"
+        )
+    rows += [
+        "",
+        f"- K={HEADLINE_K} claim (best meta-learner highest and +{WIN_MARGIN} on >= 3 of 4, within "
+        f"the CI on the rest): **{'holds' if verdict['k5_claim_holds'] else 'does not hold'}** "
+        f"(wins on {verdict['k5_meta_wins_by_margin_on'] or 'none'}).",
+        f"- K=1 claim (best meta-learner at K=1 above {TEN_SHOT_METHOD} at K=10 on >= 2): "
+        f"**{'holds' if verdict['k1_claim_holds'] else 'does not hold'}** "
+        f"(on {verdict['k1_beats_gbm_k10_on'] or 'none'}).",
+    ]
+    return "\n".join(rows)
+
+
+@dataclass
+class BenchmarkResult:
+    out_dir: Path
+    results: dict[str, Any]
+    markdown: str
+    per_dataset: dict[str, DatasetResult]
+    mlflow_run_id: str | None = None
+
+
+def _jsonable(obj: Any) -> Any:
+    from metaad.evaluation.report import _jsonable as conv
+
+    return conv(obj, "benchmark")
+
+
+def load_checked(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    report_dir: Path | None = None,
+    validate: bool = True,
+) -> tuple[LoadedDataset, dict[str, Any]]:
+    """Load a registered dataset and run its Great Expectations suite (raises on failure)."""
+    from metaad.datasets.registry import load_dataset
+
+    ds = load_dataset(name, data_dir)
+    if not validate:
+        return ds, {"skipped": True}
+    from metaad.datasets.validation import validate_dataset_or_raise
+
+    rep = validate_dataset_or_raise(ds, report_dir=report_dir)
+    return ds, {"success": rep.success, "expectations": rep.n_expectations}
+
+
+def benchmark_dataset(
+    ds: LoadedDataset, cfg: BenchmarkConfig, out_dir: str | Path, *, progress: bool = False
+) -> DatasetResult:
+    """One dataset end to end: prepare, run every method per seed, write its CSV and plot."""
+    from metaad.evaluation.plots import plot_auprc_vs_k
+
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    prep = prepare_dataset(ds, shots=cfg.shots, split_seed=cfg.split_seed)
+    res = run_dataset(prep, cfg, out / ds.name, progress=progress)
+    res.report = dict(ds.report)
+    res.per_episode.to_csv(out / ds.name / "per_episode.csv", index=False)
+    plot_auprc_vs_k(
+        res.summary,
+        out / "plots" / f"auprc_vs_k_{ds.name}.png",
+        family_of=res.families,
+        contamination=prep.protocol.contamination,
+        title=f"{ds.name}: macro AUPRC on unseen types vs K (95% CI)",
+    )
+    log.info("benchmark: %s done in %.0fs", ds.name, time.perf_counter() - t0)
+    return res
+
+
+def finish_benchmark(
+    cfg: BenchmarkConfig,
+    out_dir: str | Path,
+    per: Mapping[str, DatasetResult],
+    *,
+    validation: Mapping[str, Any] | None = None,
+    seconds: float | None = None,
+    tracking_uri: str | None = None,
+) -> BenchmarkResult:
+    """Headline checks, ``results.json``/``results.md``/``per_episode.csv``, MLflow run."""
+    from metaad.evaluation.report import results_json
+
+    out = Path(out_dir)
+    heads = [headline(r) for r in per.values()]
+    verdict = overall_verdict(heads)
+    results: dict[str, Any] = {
+        "config": _config_dict(cfg),
+        "hardware": hardware(),
+        "seconds": None if seconds is None else round(seconds, 1),
+        "validation": dict(validation or {}),
+        "headline": heads,
+        "verdict": verdict,
+        "datasets": {
+            name: {
+                "description": r.description,
+                "report": dict(r.report),
+                "episodes_sha256": {str(k): v for k, v in r.episodes_sha256.items()},
+                "method_episodes_sha256": {
+                    m: {str(k): v for k, v in s.items()} for m, s in r.method_episodes.items()
+                },
+                "fit_seconds": r.fit_seconds,
+                "eval_seconds": r.eval_seconds,
+                "families": r.families,
+                "results": results_json(
+                    r.per_episode.drop(columns=["dataset", "seed"]),
+                    r.summary,
+                    contamination=r.description["protocol"]["contamination"],
+                ),
+            }
+            for name, r in per.items()
+        },
+    }
+    results = _jsonable(results)
+    md = "\n\n".join(
+        [
+            "## Unseen-type benchmark: headline",
+            headline_markdown(heads, verdict),
+            *(dataset_markdown(r, cfg.shots) for r in per.values()),
+        ]
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(md + "\n")
+    pd.concat([r.per_episode for r in per.values()], ignore_index=True).to_csv(
+        out / "per_episode.csv", index=False
+    )
+    run_id = None
+    if tracking_uri is not None:
+        run_id = log_to_mlflow(cfg, out, results, per, tracking_uri=tracking_uri)
+    return BenchmarkResult(out, results, md, dict(per), run_id)
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    out_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    datasets: Sequence[LoadedDataset] | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = False,
+    validate: bool = True,
+) -> BenchmarkResult:
+    """Run the benchmark on ``cfg.datasets`` (or the given loaded ``datasets``) and report.
+
+    ``validate`` runs each registered dataset's Great Expectations suite first and stops on
+    a failure (a given ``LoadedDataset`` is a caller's own table and is not re-validated).
+    With ``tracking_uri`` the whole result is logged as one MLflow run in ``cfg.experiment``.
+    """
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    validation: dict[str, Any] = {}
+    loaded: list[LoadedDataset] = list(datasets or [])
+    if not loaded:
+        for name in cfg.datasets:
+            ds, validation[name] = load_checked(
+                name,
+                data_dir=data_dir or cfg.data_dir,
+                report_dir=out / name / "validation",
+                validate=validate,
+            )
+            loaded.append(ds)
+    per = {ds.name: benchmark_dataset(ds, cfg, out, progress=progress) for ds in loaded}
+    return finish_benchmark(
+        cfg,
+        out,
+        per,
+        validation=validation,
+        seconds=time.perf_counter() - t_start,
+        tracking_uri=tracking_uri,
+    )
+
+
+def _config_dict(cfg: BenchmarkConfig) -> dict[str, Any]:
+    import dataclasses
+
+    d = dataclasses.asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def log_to_mlflow(
+    cfg: BenchmarkConfig,
+    out: Path,
+    results: Mapping[str, Any],
+    per: Mapping[str, DatasetResult],
+    *,
+    tracking_uri: str,
+    run_name: str | None = None,
+) -> str:
+    """One MLflow run: the config as params, macro metrics per dataset/method/K, all files."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from metaad.tracking import ensure_experiment, sanitize_name, summary_metrics
+
+    exp_id = ensure_experiment(cfg.experiment, tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(
+        exp_id, run_name=run_name or f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    rid = run.info.run_id
+    try:
+        params = [
+            Param(sanitize_name(f"benchmark.{k}"), json.dumps(v) if not isinstance(v, str) else v)
+            for k, v in _config_dict(cfg).items()
+        ]
+        client.log_batch(rid, params=[Param(p.key, p.value[:6000]) for p in params])
+        ts = int(time.time() * 1000)
+        metrics = []
+        for name, r in per.items():
+            for key, value in summary_metrics(r.summary).items():
+                metrics.append(Metric(sanitize_name(f"{name}.{key}"), value, ts, 0))
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(rid, metrics=metrics[i : i + 1000])
+        verdict = results.get("verdict", {})
+        client.set_tag(rid, "k5_claim_holds", str(verdict.get("k5_claim_holds")))
+        client.set_tag(rid, "k1_claim_holds", str(verdict.get("k1_claim_holds")))
+        client.log_artifacts(rid, str(out), artifact_path="benchmark")
+        client.set_terminated(rid, "FINISHED")
+    except Exception:
+        client.set_terminated(rid, "FAILED")
+        raise
+    return rid
+
+
+def with_overrides(cfg: BenchmarkConfig, **kw: Any) -> BenchmarkConfig:
+    """``cfg`` with some fields replaced (lists become tuples), for the CLI and the flow."""
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items() if v is not None}
+    return replace(cfg, **clean)
+
+
+__all__ = [
+    "BenchmarkResult",
+    "DatasetResult",
+    "PreparedDataset",
+    "assign_by_source",
+    "benchmark_dataset",
+    "cap_types",
+    "finish_benchmark",
+    "freeze_episodes",
+    "headline",
+    "load_checked",
+    "overall_verdict",
+    "prepare_dataset",
+    "run_benchmark",
+    "run_dataset",
+    "with_overrides",
+]

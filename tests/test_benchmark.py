@@ -1,0 +1,380 @@
+"""The unseen-type benchmark, the ADBench protocol, and a user's CSV through the pipeline.
+
+- A CSV written here, with its own column names and a categorical column, goes through
+  ``metaad ingest`` and the whole Prefect training flow (validate -> ... -> register ->
+  promote) with nothing but parameters: no code change.
+- The benchmark runner on a tiny configuration freezes one episode file per seed, scores
+  every method on exactly that file (its digest recorded per method), writes its reports and
+  plots, logs one MLflow run, and its headline arithmetic follows the issue's wording.
+- ``assign_by_source`` keeps training files out of evaluation and vice versa.
+- ``adbench_split`` is ADBench's own generator (checked against a transcription that uses
+  numpy's global generator exactly as ADBench does) and the check prints published numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from helpers_data import make_blobs_table
+from metaad.benchmark import (
+    assign_by_source,
+    headline_markdown,
+    overall_verdict,
+    prepare_dataset,
+    run_benchmark,
+)
+from metaad.config import BenchmarkConfig
+from metaad.data.schema import LABEL, NORMAL, SOURCE_SPLIT, TYPE
+from metaad.datasets import LoadedDataset, Protocol
+from metaad.episodes.sampler import EpisodeSet
+from metaad.episodes.split import TypeSplit
+
+REPO = Path(__file__).resolve().parents[1]
+USER_TYPES = ("account_takeover", "bust_out", "card_testing", "phishing", "refund_abuse")
+
+
+def flow_module(name: str) -> Any:
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))  # appended: the repo's mlflow/ store must not shadow mlflow
+    return importlib.import_module(f"flows.{name}")
+
+
+def write_user_csv(path: Path, seed: int = 0) -> Path:
+    """A user's export: their own column names, text labels, a text channel, a type column."""
+    df = make_blobs_table(n_normal=2500, types=USER_TYPES, n_per_type=90, d=6, seed=seed)
+    rng = np.random.default_rng(seed)
+    out = pd.DataFrame(
+        {
+            "txn_amount": df["f0"] * 40 + 120,
+            **{f"signal_{j}": df[f"f{j}"] for j in range(1, 6)},
+            "channel": rng.choice(["web", "app", "pos"], len(df)),
+            "is_fraud": np.where(df[LABEL] == 1, "yes", "no"),
+            "scheme": np.where(df[LABEL] == 1, df[TYPE], ""),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.slow
+def test_a_users_csv_with_a_mapping_runs_through_the_whole_pipeline(
+    tmp_path: Path,
+    make_project: Callable[..., Path],
+    run_cmd: Callable[..., str],
+    tiny_overrides: Mapping[str, Any],
+    prefect_harness: None,
+) -> None:
+    root = make_project(tmp_path / "project")
+    csv = write_user_csv(tmp_path / "exports" / "card_events.csv")
+    mapping = {
+        "ingest.source": "csv",
+        "ingest.path": str(csv),
+        "ingest.label_col": "is_fraud",
+        # quoted: unquoted, YAML reads no/yes/on/off as booleans (in params.yaml too)
+        "ingest.normal_value": '"no"',
+        "ingest.type_col": "scheme",
+        "ingest.categorical": ["channel"],
+    }
+    cli = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in mapping.items()]
+    args = [part for s in cli for part in ("-S", s)]
+    out = run_cmd(["metaad", "ingest", *args], root)
+    assert "data/table.parquet" in out
+    table = pd.read_parquet(root / "data" / "table.parquet")
+    assert set(table.loc[table[LABEL] == 1, TYPE]) == set(USER_TYPES)
+    assert table["channel"].dtype == "str" and "is_fraud" not in table.columns
+
+    overrides = {**tiny_overrides, **mapping}
+    overrides.pop("ingest.n_rows", None)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = flow_module("train_pipeline").train_pipeline(
+        root=str(root), overrides=overrides, tracking_uri=uri, return_state=True
+    )
+    assert state.is_completed(), state.message
+    gate = state.result()["gate"]
+    assert str(gate["version"]) == "1" and gate["model_name"] == "metaad-detector"
+    res = json.loads((root / "artifacts" / "eval" / "results.json").read_text())
+    unseen = res["types"]
+    assert unseen and set(unseen) <= set(USER_TYPES)
+    assert set(res["methods"]) == {"proto", "iforest", "lr_sup"}
+    pre = json.loads((root / "artifacts" / "episodes" / "preprocessor.json").read_text())
+    assert pre["categorical"] == {"channel": ["app", "pos", "web"]}
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_model_version("metaad-detector", "1").status == "READY"
+
+
+# -- the benchmark runner ----------------------------------------------------------------
+def blobs_dataset(seed: int = 0) -> LoadedDataset:
+    df = make_blobs_table(n_normal=1500, types=("a", "b", "c", "d", "e"), n_per_type=60, seed=seed)
+    return LoadedDataset(
+        "blobs",
+        df,
+        protocol=Protocol(
+            test_types=("c", "d"),
+            val_types=("e",),
+            n_support_normal=20,
+            n_query_normal=114,
+            notes=("a test set",),
+        ),
+        report={"files": {}},
+    )
+
+
+TINY = BenchmarkConfig(
+    datasets=("blobs",),
+    methods=("proto", "lr_sup", "proto_raw", "iforest", "hgb_sup"),
+    shots=(0, 1, 5),
+    seeds=(3, 4),
+    n_episodes=2,
+    steps=15,
+    meta_batch=4,
+    hparams={"hgb_sup": {"max_iter": 10}},
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    out = tmp_path_factory.mktemp("bench")
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    return run_benchmark(TINY, out / "results", datasets=[blobs_dataset()], tracking_uri=uri), uri
+
+
+def test_every_method_is_scored_on_the_same_frozen_episodes(tiny_run: Any) -> None:
+    res, _ = tiny_run
+    out = res.out_dir
+    info = res.results["datasets"]["blobs"]
+    digests = info["episodes_sha256"]
+    assert set(digests) == {"3", "4"} and digests["3"] != digests["4"]
+    for method in TINY.methods:
+        assert info["method_episodes_sha256"][method] == digests
+    per = pd.read_csv(out / "per_episode.csv")
+    keys = {
+        m: set(map(tuple, g[["seed", "type", "shots", "rep"]].to_numpy().tolist()))
+        for m, g in per.groupby("method")
+    }
+    assert len(keys) == len(TINY.methods) and len({frozenset(k) for k in keys.values()}) == 1
+    # 2 types x 3 K x 2 episodes x 2 seeds, repetitions numbered across seeds
+    assert len(next(iter(keys.values()))) == 2 * 3 * 2 * 2
+    assert sorted(per["rep"].unique()) == [0, 1, 2, 3]
+    # the stored files are the episodes: re-scoring one from disk gives the recorded AUPRC
+    from metaad.evaluation.metrics import auprc
+    from metaad.models.registry import create
+
+    ds = blobs_dataset()
+    prep = prepare_dataset(ds, shots=TINY.shots, split_seed=TINY.split_seed)
+    eps = EpisodeSet.load(out / "blobs" / "episodes_seed4.npz", prep.pools["test"])
+    ep = next(e for e in eps if e.shots == 5)
+    test = prep.pools["test"]
+    lr = create("lr_sup", test.input_shape, seed=4)
+    score = lr.adapt(test.X[ep.support_idx], ep.support_y).score(test.X[ep.query_idx])
+    row = per[
+        (per["method"] == "lr_sup")
+        & (per["seed"] == 4)
+        & (per["type"] == ep.type)
+        & (per["shots"] == 5)
+        & (per["rep"] == ep.seed + TINY.n_episodes)
+    ]
+    assert row["auprc"].item() == pytest.approx(auprc(ep.query_y, score))
+
+
+def test_reports_plots_and_one_mlflow_run(tiny_run: Any) -> None:
+    res, uri = tiny_run
+    out = res.out_dir
+    assert (out / "plots" / "auprc_vs_k_blobs.png").stat().st_size > 10_000
+    md = (out / "results.md").read_text()
+    assert "## Unseen-type benchmark: headline" in md and "Macro AUPRC" in md
+    assert "± " in md and "a test set" in md
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["verdict"] == res.results["verdict"]
+    assert saved["hardware"]["cpu_count"] >= 1
+    block = saved["datasets"]["blobs"]["results"]["results"]["proto"]["k5"]["macro"]["auprc"]
+    assert 0.0 <= block["lo"] <= block["mean"] <= block["hi"] <= 1.0
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(res.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["benchmark.seeds"] == "[3, 4]"
+    assert "blobs.auprc.k5.proto.macro" in run.data.metrics
+    names = {a.path for a in client.list_artifacts(res.mlflow_run_id, "benchmark")}
+    assert {"benchmark/results.json", "benchmark/results.md", "benchmark/plots"} <= names
+
+
+def _head(name: str, meta: float, base: float, half: float, k1: float, gbm10: float) -> dict:
+    iv = lambda m, v: {"method": m, "mean": v, "lo": v - half, "hi": v + half}  # noqa: E731
+    return {
+        "dataset": name,
+        "k5": {
+            "best_meta": iv("proto", meta),
+            "best_baseline": iv("lr_sup", base),
+            "delta": meta - base,
+            "meta_is_best_overall": meta > base,
+            "meta_wins_by_margin": meta - base >= 0.05,
+            "meta_within_baseline_ci": meta >= base - half,
+        },
+        "k1_vs_gbm_k10": {
+            "best_meta_k1": iv("proto", k1),
+            "hgb_sup_k10": iv("hgb_sup", gbm10),
+            "meta_wins": k1 > gbm10,
+        },
+    }
+
+
+def test_headline_verdict_follows_the_issue_wording() -> None:
+    heads = [
+        _head("a", 0.90, 0.80, 0.02, 0.7, 0.6),
+        _head("b", 0.70, 0.60, 0.02, 0.5, 0.6),
+        _head("c", 0.66, 0.60, 0.02, 0.5, 0.6),
+        _head("d", 0.59, 0.60, 0.02, 0.7, 0.6),  # behind, but within the baseline's CI
+    ]
+    v = overall_verdict(heads)
+    assert v["k5_meta_wins_by_margin_on"] == ["a", "b", "c"]
+    assert v["k5_claim_holds"] and v["k1_claim_holds"]
+    assert v["k1_beats_gbm_k10_on"] == ["a", "d"]
+    heads[3] = _head("d", 0.55, 0.60, 0.02, 0.5, 0.6)  # behind by more than the CI
+    heads[1] = _head("b", 0.64, 0.60, 0.02, 0.5, 0.6)  # ahead by less than 0.05
+    v = overall_verdict(heads)
+    assert not v["k5_claim_holds"] and not v["k1_claim_holds"]
+    assert "does not hold" in headline_markdown(heads, v)
+    assert not overall_verdict(heads[:3])["k5_claim_holds"]  # needs all four sets
+
+
+def test_source_split_keeps_files_apart() -> None:
+    df = pd.DataFrame(
+        {
+            "x": np.arange(12.0),
+            LABEL: [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1],
+            TYPE: [NORMAL] * 4 + ["tr", "tr", "te", "te"] + [NORMAL] * 2 + ["va", "va"],
+            SOURCE_SPLIT: [
+                *("train", "train", "test", "test"),
+                *("train", "test", "test", "train"),
+                *("train", "val", "train", "test"),
+            ],
+        }
+    )
+    rows = assign_by_source(df, TypeSplit(("tr",), ("va",), ("te",)), seed=0, val_share=0.5)
+    assert list(rows[[2, 3]]) == ["test", "test"]  # test-file normals: evaluation only
+    assert set(rows[[0, 1, 8]]) <= {"train", "val"} and rows[9] == "val"
+    assert rows[4] == "train" and rows[5] == ""  # a training type's test-file row: unused
+    assert rows[6] == "test" and rows[7] == ""  # an unseen type's training-file row: unused
+    assert rows[10] == "val" and rows[11] == ""
+
+
+# -- ADBench ---------------------------------------------------------------------------------
+def adbench_reference(X: np.ndarray, y: np.ndarray, seed: int, la: float) -> tuple:
+    """ADBench's generator transcribed with numpy's *global* generator, as ADBench runs it."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import MinMaxScaler
+
+    np.random.seed(seed)
+    if len(y) < 1000:
+        np.random.seed(seed)
+        idx = np.random.choice(np.arange(len(y)), 1000, replace=True)
+        X, y = X[idx], y[idx]
+    if len(y) > 10000:
+        np.random.seed(seed)
+        idx = np.random.choice(np.arange(len(y)), 10000, replace=False)
+        X, y = X[idx], y[idx]
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, shuffle=True, stratify=y)
+    sc = MinMaxScaler().fit(X_tr)
+    X_tr, X_te = sc.transform(X_tr), sc.transform(X_te)
+    idx_a = np.where(y_tr == 1)[0]
+    lab = np.random.choice(idx_a, math.ceil(la * len(idx_a)), replace=False)
+    y_semi = np.zeros_like(y_tr)
+    y_semi[lab] = 1
+    return X_tr, y_semi, X_te, y_te
+
+
+@pytest.mark.parametrize(("n", "seed"), [(300, 1), (2500, 2), (12000, 3)])
+def test_adbench_split_is_adbenchs_generator(n: int, seed: int) -> None:
+    from metaad.adbench import adbench_split
+
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, 4))
+    y = (rng.random(n) < 0.08).astype(np.int64)
+    sp = adbench_split(X, y, seed=seed, ratio=0.05)
+    state = np.random.get_state()
+    try:
+        ref = adbench_reference(X, y, seed, 0.05)
+    finally:
+        np.random.set_state(state)
+    np.testing.assert_allclose(sp.X_train, ref[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(sp.y_train, ref[1])
+    np.testing.assert_allclose(sp.X_test, ref[2], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(sp.y_test, ref[3])
+    total = min(max(n, 1000), 10000)
+    assert len(sp.y_train) + len(sp.y_test) == total and len(sp.y_test) == math.ceil(0.3 * total)
+    assert sp.n_labelled == math.ceil(0.05 * sp.n_train_anomalies) >= 1
+    assert sp.X_train.min() >= 0 and sp.X_train.max() <= 1 + 1e-6
+
+
+def test_adbench_check_puts_published_numbers_beside_ours(tmp_path: Path) -> None:
+    from metaad.adbench import read_published, run_adbench
+
+    shared = REPO.parent / "shared" / "datasets"
+    if not (shared / "adbench" / "42_WBC.npz").is_file():
+        pytest.skip(f"the shared ADBench copies are not at {shared}")
+    res = run_adbench(
+        ["WBC"],
+        ratios=[0.01],
+        seeds=[1],
+        methods=["lr_sup", "proto"],
+        steps=10,
+        data_dir=shared,
+        out_dir=tmp_path,
+    )
+    row = res["ratios"]["0.01"]["rows"][0]
+    assert row["dataset"] == "WBC" and row["n_labelled"] == [1]
+    pub = read_published()
+    cat = pub[(pub.table == "D7") & (pub.dataset == "WBC") & (pub.method == "CatB")]
+    assert row["AUCPR"]["published"]["CatB"] == pytest.approx(cat["value"].item())
+    assert set(row["AUCROC"]["published"]) == {"CatB", "PReNet", "DevNet", "XGBOD", "IForest"}
+    assert 0.0 <= row["AUCROC"]["metaad"]["proto"] <= 1.0
+    md = (tmp_path / "adbench.md").read_text()
+    assert "Han, S." in md and "| WBC | 1 |" in md and "**mean**" in md
+    assert len(pd.read_csv(tmp_path / "adbench_runs.csv")) == 2
+
+
+# -- the weekly flow and the commands ----------------------------------------------------
+@pytest.mark.slow
+def test_benchmark_flow_and_cli_on_a_real_dataset(
+    tmp_path: Path, prefect_harness: None, run_cmd: Callable[..., str]
+) -> None:
+    shared = REPO.parent / "shared" / "datasets"
+    if not (shared / "fraud").is_dir():
+        pytest.skip(f"the shared dataset copies are not at {shared}")
+    overrides = {
+        "benchmark.datasets": ["sparkov"],
+        "benchmark.methods": ["lr_sup", "proto_raw"],
+        "benchmark.shots": [0, 1],
+        "benchmark.seeds": [0],
+        "benchmark.n_episodes": 1,
+        "benchmark.data_dir": str(shared),
+    }
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = flow_module("benchmark").benchmark_flow(
+        root=str(REPO), overrides=overrides, out_dir=str(tmp_path / "b"), tracking_uri=uri
+    )
+    assert out["mlflow_run_id"] and (tmp_path / "b" / "results.json").is_file()
+    assert "sparkov" in out["markdown"]
+    assert (tmp_path / "b" / "sparkov" / "validation" / "report.json").is_file()
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert saved["validation"]["sparkov"]["success"] is True
+    assert saved["validation"]["sparkov"]["expectations"] > 10
+    text = run_cmd(["metaad", "datasets"], tmp_path)
+    assert "nsl_kdd" in text and "adbench_WBC" in text
+    text = run_cmd(
+        ["metaad", "import-dataset", "skab", "--path", str(shared), "--output", "t/skab.parquet"],
+        tmp_path,
+    )
+    assert "validation passed" in text and "46806 rows" in text
+    assert len(pd.read_parquet(tmp_path / "t" / "skab.parquet")) == 46806
