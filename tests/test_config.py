@@ -41,3 +41,11 @@ def test_bad_params_name_the_key(override, message) -> None:
 def test_missing_file_is_clear(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_a_yaml_boolean_in_a_string_field_says_to_quote_it(tmp_path) -> None:
+    # `-S ingest.normal_value=no` arrives as the text "no", which YAML reads as False
+    with pytest.raises(ConfigError, match=r"ingest.normal_value.*quote the value"):
+        load_params(tmp_path / "absent.yaml", overrides={"ingest.normal_value": "no"})
+    ok = load_params(tmp_path / "absent.yaml", overrides={"ingest.normal_value": '"no"'})
+    assert ok.ingest.normal_value == "no"

@@ -119,6 +119,13 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.clamp_min(0.0)
 
 
+def _chol(a: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor without the error check: a non-finite system (a damaged model) then
+    gives non-finite scores, which the promotion gate refuses by name, instead of raising
+    deep inside ``adapt``. A finite ``gram + lam I`` is always positive definite."""
+    return torch.linalg.cholesky_ex(a).L
+
+
 @dataclass
 class TaskState:
     """Everything the logit needs from a support set (the adapted state of one task)."""
@@ -290,23 +297,37 @@ class MetricCore:
             Xt = X.transpose(1, 2)
             gram = (Xt * c.unsqueeze(1)) @ X
             rhs = Xt @ (c * (2 * t - 1)).unsqueeze(-1)  # targets +1 and -1
-            w = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram + reg))
+            w = torch.cholesky_solve(rhs, _chol(gram + reg))
             if self.head != "logistic":
                 return w.squeeze(-1)
             for _ in range(self.newton_steps):
                 p = torch.sigmoid(X @ w).squeeze(-1)  # (B, K + n)
                 grad = Xt @ (c * (p - t)).unsqueeze(-1) + lam * w
                 hess = (Xt * (c * p * (1 - p)).unsqueeze(1)) @ X + reg
-                w = w - torch.cholesky_solve(grad, torch.linalg.cholesky(hess))
+                w = w - torch.cholesky_solve(grad, _chol(hess))
             return w.squeeze(-1)
 
     def logit(self, st: TaskState, xq: torch.Tensor) -> torch.Tensor:
         """Anomaly logit of query rows ``xq (B, Q, ...)`` under the task state."""
         B, Q = xq.shape[:2]
         qz, qr = self.net.embed(xq.reshape(B * Q, *xq.shape[2:]))
-        qz, qr = qz.reshape(B, Q, -1), qr.reshape(B, Q, -1)
+        return self.logit_embedded(st, qz.reshape(B, Q, -1), qr.reshape(B, Q, -1))
+
+    def logit_embedded(
+        self,
+        st: TaskState,
+        qz: torch.Tensor,
+        qr: torch.Tensor,
+        dn: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`logit` from the query's embedding ``(B, Q, e)``, ``(B, Q, r)``.
+
+        ``dn`` (the scaled normal distance) may be passed in when another task state with
+        the same normal support already computed it: the k-NN is most of the scoring cost.
+        """
         scale = st.scale.clamp_min(_EPS)[:, None]
-        dn = self._normal_distance(qz, qr, st.normals_z, st.normals_r) / scale
+        if dn is None:
+            dn = self._normal_distance(qz, qr, st.normals_z, st.normals_r) / scale
         out = F.softplus(self.net.beta) * (dn - self.net.bias)
         if self.prior_head:
             out = out + self.net.prior(qz * np.sqrt(self.net.out_dim))[..., 0]
@@ -343,11 +364,53 @@ class MetricAdapted:
         in cache; larger chunks were ~1.5x slower), 65,536 on CUDA (fewer launches)."""
         if chunk is None:
             chunk = 65536 if self.device.type == "cuda" else 4096
-        out = []
-        for i in range(0, len(X), chunk):
-            xq = torch.as_tensor(X[i : i + chunk], device=self.device)[None]
-            out.append(self.core.logit(self.state, xq)[0].double().cpu().numpy())
-        return np.concatenate(out) if out else np.empty(0)
+        return score_many([self], X, chunk)[0]
+
+
+def _same_normals(a: TaskState, b: TaskState) -> bool:
+    return (
+        a.normals_z.shape == b.normals_z.shape
+        and torch.equal(a.scale, b.scale)
+        and torch.equal(a.normals_z, b.normals_z)
+        and torch.equal(a.normals_r, b.normals_r)
+    )
+
+
+@torch.inference_mode()
+def score_many(adapted: list[MetricAdapted], X: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """Scores of the same rows under several adapted states of one model, ``(len(adapted), n)``.
+
+    Serving scores every request row under the normal profile and each known type; doing it
+    state by state would embed the rows and run the k-NN against the same normals once per
+    state. Here the rows are embedded once per chunk, and the normal distance is computed
+    once per distinct normal support (states built from the same normals share it).
+    """
+    if not adapted:
+        return np.empty((0, len(X)))
+    core, device = adapted[0].core, adapted[0].device
+    if any(a.core is not core for a in adapted):
+        raise ValueError("score_many needs states adapted by one model")
+    if chunk is None:
+        chunk = 65536 if device.type == "cuda" else 4096
+    # For each state, the index of the first state with the same normal support.
+    first = []
+    for i, a in enumerate(adapted):
+        j = next((j for j in range(i) if _same_normals(adapted[j].state, a.state)), i)
+        first.append(j)
+    out = np.empty((len(adapted), len(X)), dtype=np.float64)
+    for i in range(0, len(X), chunk):
+        xq = torch.as_tensor(X[i : i + chunk], device=device)
+        qz, qr = core.net.embed(xq)
+        qz, qr = qz[None], qr[None]
+        dns: dict[int, torch.Tensor] = {}
+        for k, a in enumerate(adapted):
+            st = a.state
+            if first[k] not in dns:
+                scale = st.scale.clamp_min(_EPS)[:, None]
+                dns[first[k]] = core._normal_distance(qz, qr, st.normals_z, st.normals_r) / scale
+            logit = core.logit_embedded(st, qz, qr, dn=dns[first[k]])
+            out[k, i : i + len(xq)] = logit[0].double().cpu().numpy()
+    return out
 
 
 class MetricLearner(Detector):
@@ -492,10 +555,8 @@ class MetricLearner(Detector):
         hist = History()
         val_tasks = _fixed_val_tasks(val, cfg) if val is not None else None
         best = (-np.inf, None)
-        start, meta_batch = 1, cfg.meta_batch
+        start = 1
         if hooks is not None:  # distributed / resumed training (metaad.distributed)
-            rng, meta_batch = hooks.task_rng(rng), hooks.batch_size(cfg.meta_batch)
-            hooks.reseed(aug_gen, 7919)
             if hooks.start is not None:
                 hooks.start(list(self.net.parameters()))
             if hooks.resume is not None:
@@ -508,7 +569,7 @@ class MetricLearner(Detector):
             tb = sample_task_batch(
                 pool,
                 rng,
-                batch_size=meta_batch,
+                batch_size=cfg.meta_batch,
                 shots=shots,
                 n_support_normal=cfg.n_support_normal,
                 n_query_normal=cfg.n_query_normal,
@@ -519,6 +580,8 @@ class MetricLearner(Detector):
             yq = torch.as_tensor(tb.query_y, device=self.device)
             n_virtual = round(self.hparams["synthetic_tasks"] * len(ys))
             xs, xq = virtual_types(xs, ys, xq, yq, n_virtual, aug_gen)
+            if hooks is not None:  # DDP: this process's slice of the batch
+                xs, ys, xq, yq = hooks.take(xs, ys, xq, yq)
             self.net.train()
             with autocast(self.device):
                 loss = self._loss(xs, ys, xq, yq)
@@ -528,7 +591,7 @@ class MetricLearner(Detector):
                 hooks.sync_gradients(list(self.net.parameters()))
             nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
             opt.step()
-            values = {"loss": float(loss.detach())}
+            values = {"loss": hooks.loss_value(loss) if hooks else float(loss.detach())}
             if val_tasks is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                 values["val_auprc"] = self._val_auprc(val, val_tasks)
                 if values["val_auprc"] > best[0]:
