@@ -12,6 +12,12 @@ Deploy it: the entrypoint is ``flows/batch_score.py:batch_score``.
 
 from __future__ import annotations
 
+from metaad.config import set_offline_env
+
+# Before Prefect is imported or starts its server: the server process inherits this
+# environment, and its telemetry service would otherwise try the network.
+set_offline_env()
+
 import argparse
 import json
 import sys
@@ -22,7 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from metaad.config import load_params, set_offline_env
+from metaad.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,12 @@ Run alone:  python flows/evaluate_fanout.py --root . --task-runner dask
 
 from __future__ import annotations
 
+from metaad.config import set_offline_env
+
+# Before Prefect is imported or starts its server: the server process inherits this
+# environment, and its telemetry service would otherwise try the network.
+set_offline_env()
+
 import argparse
 import json
 import sys
@@ -29,7 +35,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from metaad import stages
-from metaad.config import Params, ScaleConfig, load_params, set_offline_env
+from metaad.config import Params, ScaleConfig, load_params
 from metaad.evaluation.units import EvalUnit, UnitResult, evaluate_unit, plan_units
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,6 +11,12 @@ Run it:  python flows/train_pipeline.py [--set train.method=maml ...]
 
 from __future__ import annotations
 
+from metaad.config import set_offline_env
+
+# Before Prefect is imported or starts its server: the server process inherits this
+# environment, and its telemetry service would otherwise try the network.
+set_offline_env()
+
 import argparse
 import contextlib
 import hashlib
@@ -27,7 +33,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from metaad import governance, stages
-from metaad.config import Params, load_params, set_offline_env
+from metaad.config import Params, load_params
 from metaad.datafetch import pull_or_regenerate
 
 try:  # imported as the package module (tests, other flows)
