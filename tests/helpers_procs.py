@@ -9,18 +9,41 @@ id alone, never by name.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def import_flow(name: str) -> Any:
+    """``flows/<name>.py`` as a module (the repo root is not a package path).
+
+    The root is *appended* to ``sys.path``: the repo's ``mlflow/`` store folder must not
+    shadow the installed ``mlflow`` package.
+    """
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))
+    return importlib.import_module(f"flows.{name}")
+
+
+def healthy(url: str) -> bool:
+    """Whether ``url/health`` answers 200 (MLflow's tracking and scoring servers both do)."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def free_port() -> int:

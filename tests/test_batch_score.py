@@ -19,7 +19,6 @@ make scoring several times faster and change nothing batch scoring does) is regi
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers_procs import import_flow
 from metaad import governance, stages
 from metaad.config import Params, load_params
 from metaad.tracking import using_tracking_uri
@@ -51,9 +51,7 @@ BOUND_MIB = 64
 
 
 def flow_module() -> Any:
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))  # appended: the repo's mlflow/ store must not shadow mlflow
-    return importlib.import_module("flows.batch_score")
+    return import_flow("batch_score")
 
 
 @dataclass(frozen=True)

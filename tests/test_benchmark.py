@@ -13,10 +13,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import pytest
 from mlflow import MlflowClient
 
 from helpers_data import make_blobs_table
+from helpers_procs import import_flow
 from metaad.benchmark import (
     assign_by_source,
     headline_markdown,
@@ -45,9 +44,7 @@ USER_TYPES = ("account_takeover", "bust_out", "card_testing", "phishing", "refun
 
 
 def flow_module(name: str) -> Any:
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))  # appended: the repo's mlflow/ store must not shadow mlflow
-    return importlib.import_module(f"flows.{name}")
+    return import_flow(name)
 
 
 def write_user_csv(path: Path, seed: int = 0) -> Path:

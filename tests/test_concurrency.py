@@ -12,9 +12,7 @@ happened) and that the two lock spans recorded on the MLflow runs do not overlap
 
 from __future__ import annotations
 
-import importlib
 import shutil
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,14 +21,14 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+from helpers_procs import import_flow
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "metaad-detector"
 
 
 def _flow_module() -> Any:
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))  # appended: the repo's mlflow/ store must not shadow mlflow
-    return importlib.import_module("flows.train_pipeline")
+    return import_flow("train_pipeline")
 
 
 @pytest.mark.slow

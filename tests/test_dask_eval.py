@@ -12,10 +12,8 @@ and sklearn baselines, so identity is not an accident of deterministic code.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,14 +21,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from helpers_procs import import_flow
+
 REPO = Path(__file__).resolve().parents[1]
 METRIC_COLS = ["method", "type", "shots", "rep", "auprc", "auroc", "recall_at_1fpr"]
 
 
 def _fanout() -> Any:
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))  # appended: the repo's mlflow/ store must not shadow mlflow
-    return importlib.import_module("flows.evaluate_fanout")
+    return import_flow("evaluate_fanout")
 
 
 def _without_timings(node: Any) -> Any:

@@ -10,16 +10,10 @@ too.
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +22,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from helpers_procs import free_port, healthy, import_flow, stop
 from metaad.pyfunc_model import SCORE
 from metaad.tracking import CHALLENGER, CHAMPION, using_tracking_uri
 
@@ -36,27 +31,13 @@ MODEL = "metaad-detector"
 STARTUP_TIMEOUT_S = 120.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200 and r.read().decode().strip() == "OK"
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(
     tmp_path_factory: pytest.TempPathFactory, child_env: Callable[..., dict[str, str]]
 ) -> Iterator[tuple[str, Path]]:
     """``(url, folder)`` of a running ``mlflow server``; stopped by its process id after."""
     base = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (base / "server.log").open("wb")
     cmd = [
@@ -79,7 +60,7 @@ def mlflow_server(
     )  # fmt: skip
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(url):
+        while not healthy(url):
             if proc.poll() is not None:
                 pytest.fail(f"mlflow server exited {proc.returncode}:\n{_tail(base)}")
             if time.monotonic() > deadline:
@@ -87,7 +68,7 @@ def mlflow_server(
             time.sleep(0.5)
         yield url, base
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
 
 
@@ -95,26 +76,8 @@ def _tail(base: Path) -> str:
     return (base / "server.log").read_text(errors="replace")[-3000:]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's own process group (pgid == its pid), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def flow_module() -> Any:
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))  # appended: the repo's mlflow/ store must not shadow mlflow
-    return importlib.import_module("flows.train_pipeline")
+    return import_flow("train_pipeline")
 
 
 @pytest.mark.slow

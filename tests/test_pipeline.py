@@ -16,7 +16,6 @@ start from copies of that root:
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from helpers_procs import import_flow
 from metaad import governance, stages
 from metaad.config import Params, load_params
 from metaad.datafetch import recorded_md5
@@ -42,10 +42,8 @@ MODEL = "metaad-detector"
 
 
 def flow_module() -> Any:
-    """``flows/train_pipeline.py`` as a module (the repo root is not a package path)."""
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))  # appended: the repo's mlflow/ store must not shadow mlflow
-    return importlib.import_module("flows.train_pipeline")
+    """``flows/train_pipeline.py`` as a module."""
+    return import_flow("train_pipeline")
 
 
 def copy_project(src: Path, dst: Path, *, with_store: bool = False) -> Path:

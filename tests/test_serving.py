@@ -17,11 +17,7 @@ group at the end. The tests show:
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +34,8 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import average_precision_score
 
+from helpers_procs import free_port, healthy, import_flow, stop
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "metaad-detector"
 MAX_ROWS = 600
@@ -45,9 +43,7 @@ STARTUP_TIMEOUT_S = 180.0
 
 
 def flow_module() -> Any:
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))  # appended: the repo's mlflow/ store must not shadow mlflow
-    return importlib.import_module("flows.train_pipeline")
+    return import_flow("train_pipeline")
 
 
 @dataclass(frozen=True)
@@ -81,36 +77,6 @@ def project(
 
 
 # -- the server ----------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group (pgid == its pid), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @dataclass
 class Server:
     url: str
@@ -122,7 +88,7 @@ class Server:
 
 
 def start_server(model_uri: str, tracking_uri: str, folder: Path, env: dict[str, str]) -> Server:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = folder / f"serve-{port}.log"
     cmd = [
@@ -146,14 +112,14 @@ def start_server(model_uri: str, tracking_uri: str, folder: Path, env: dict[str,
     server = Server(url, proc, log)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(url):
+        while not healthy(url):
             if proc.poll() is not None:
                 pytest.fail(f"mlflow models serve exited {proc.returncode}:\n{server.tail()}")
             if time.monotonic() > deadline:
                 pytest.fail(f"mlflow models serve not healthy after {STARTUP_TIMEOUT_S}s")
             time.sleep(0.5)
     except BaseException:
-        _stop(proc)
+        stop(proc)
         raise
     return server
 
@@ -170,7 +136,7 @@ def server_v1(
     try:
         yield server
     finally:
-        _stop(server.proc)
+        stop(server.proc)
 
 
 def post(url: str, body: Any) -> tuple[int, Any]:
@@ -228,9 +194,7 @@ def test_five_examples_in_the_request_raise_the_unseen_types_auprc(
         support, query = query_rows(project.rows, t, skip=5, n_anomalies=20, n_normals=380)
         y = query["label"].to_numpy()
         plain = answer(server_v1.url, query[project.features])
-        adapted = answer(
-            server_v1.url, request_with_support(query, support, t, project.features)
-        )
+        adapted = answer(server_v1.url, request_with_support(query, support, t, project.features))
         # one answer per row to score, in request order; support rows get none
         assert len(plain) == len(adapted) == len(query)
         assert list(adapted.columns) == [
@@ -373,16 +337,14 @@ def test_types_add_registers_a_gated_version_that_flags_the_added_type(
     assert by_name[t]["source"] == "added" and by_name[t]["n_examples"] == 10
     assert by_name[t]["added_to_version"] == "1"
 
-    server_v2 = start_server(
-        f"models:/{MODEL}@champion", project.uri, tmp_path, child_env()
-    )
+    server_v2 = start_server(f"models:/{MODEL}@champion", project.uri, tmp_path, child_env())
     try:
         query = held[t]
         y = query["label"].to_numpy()
         v1 = answer(server_v1.url, query[project.features])
         v2 = answer(server_v2.url, query[project.features])
     finally:
-        _stop(server_v2.proc)
+        stop(server_v2.proc)
     r1 = float(v1.loc[y == 1, "is_anomaly"].mean())
     r2 = float(v2.loc[y == 1, "is_anomaly"].mean())
     fa1 = float(v1.loc[y == 0, "is_anomaly"].mean())

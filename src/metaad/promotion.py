@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,6 +190,29 @@ def _alignment_problem(a: PerEpisode, b: PerEpisode) -> str | None:
     )
 
 
+def floor_rules(
+    rule: Callable[[bool, str], None],
+    challenger: PerEpisode,
+    cfg: PromoteConfig,
+    metrics: dict[str, Any],
+    what: str = "",
+) -> None:
+    """The AUPRC and AUROC floors at ``cfg.k``, shared by the retraining gate and the
+    type-addition gate (``what`` prefixes the metric, e.g. ``"served "``)."""
+    auprc, auroc = challenger.macro_auprc, challenger.macro_auroc
+    metrics["challenger_macro_auprc"] = auprc
+    metrics["challenger_macro_auroc"] = auroc
+    for name, value, floor in (
+        ("AUPRC", auprc, cfg.min_auprc),
+        ("AUROC", auroc, cfg.min_auroc),
+    ):
+        rule(
+            value >= floor,
+            f"{what}macro {name}@K={cfg.k} {value:.4f} {'>=' if value >= floor else '<'} "
+            f"min_{name.lower()} {floor:.4f}",
+        )
+
+
 def decide(
     challenger: PerEpisode,
     champion: PerEpisode | None,
@@ -232,19 +255,7 @@ def decide(
     if len(challenger) == 0:
         rule(False, f"challenger has no episodes at K={cfg.k}")
 
-    auprc, auroc = challenger.macro_auprc, challenger.macro_auroc
-    metrics["challenger_macro_auprc"] = auprc
-    metrics["challenger_macro_auroc"] = auroc
-    rule(
-        auprc >= cfg.min_auprc,
-        f"macro AUPRC@K={cfg.k} {auprc:.4f} {'>=' if auprc >= cfg.min_auprc else '<'} "
-        f"min_auprc {cfg.min_auprc:.4f}",
-    )
-    rule(
-        auroc >= cfg.min_auroc,
-        f"macro AUROC@K={cfg.k} {auroc:.4f} {'>=' if auroc >= cfg.min_auroc else '<'} "
-        f"min_auroc {cfg.min_auroc:.4f}",
-    )
+    floor_rules(rule, challenger, cfg, metrics)
 
     if champion is None:
         metrics["champion"] = False

@@ -384,7 +384,7 @@ def decide_type_addition(
     episodes (a new type's detector also fires on some normals, and that is the cost
     this rule bounds).
     """
-    from metaad.promotion import Decision, _alignment_problem, _paired_bootstrap
+    from metaad.promotion import Decision, _alignment_problem, _paired_bootstrap, floor_rules
 
     reasons: list[str] = []
     ok: list[bool] = []
@@ -427,19 +427,7 @@ def decide_type_addition(
         f"{'>=' if recall >= serve.min_type_recall else '<'} min_type_recall "
         f"{serve.min_type_recall:.3f} (without the type: {recall_without:.3f})",
     )
-    auprc, auroc = challenger.macro_auprc, challenger.macro_auroc
-    metrics["challenger_macro_auprc"] = auprc
-    metrics["challenger_macro_auroc"] = auroc
-    rule(
-        auprc >= promote.min_auprc,
-        f"served macro AUPRC@K={promote.k} {auprc:.4f} "
-        f"{'>=' if auprc >= promote.min_auprc else '<'} min_auprc {promote.min_auprc:.4f}",
-    )
-    rule(
-        auroc >= promote.min_auroc,
-        f"served macro AUROC@K={promote.k} {auroc:.4f} "
-        f"{'>=' if auroc >= promote.min_auroc else '<'} min_auroc {promote.min_auroc:.4f}",
-    )
+    floor_rules(rule, challenger, promote, metrics, what="served ")
     if incumbent is None:
         metrics["champion"] = False
         rule(True, "no champion to compare with: the regression rule does not apply")
