@@ -34,9 +34,9 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -449,6 +449,26 @@ class MAML(Detector):
             vectorize=vectorize,
         )
 
+    def compiled_meta_loss(self) -> Callable[..., Tensor]:
+        """:meth:`meta_loss` through ``torch.compile``: the same function, fused kernels.
+
+        Dynamo traces the ``vmap``-ed inner loop with its ``grad`` transforms into one
+        graph, and AOTAutograd differentiates that graph for the outer step, so the
+        second-order terms are in the compiled backward; inductor fuses the elementwise
+        work (GELU and its derivatives, the layer norms' affine parts, the BCE) that
+        dominates the eager step beside the matrix products. The meta-gradient equals the
+        eager one (``tests/test_maml.py``). Each distinct task shape (shot count) compiles
+        once; the compiled function is tied to these parameter tensors, so call it again
+        after :meth:`to` or a load.
+        """
+
+        def loss(
+            X_s: Tensor, y_s: Tensor, X_q: Tensor, y_q: Tensor, *, steps: int | None = None
+        ) -> Tensor:
+            return self.meta_loss(X_s, y_s, X_q, y_q, steps=steps)
+
+        return cast("Callable[..., Tensor]", torch.compile(loss))
+
     # -- contract -------------------------------------------------------------------------
     def fit(
         self,
@@ -510,6 +530,7 @@ class MAML(Detector):
             if resume is not None:
                 start, history.records = restore_loop_state(resume, opt, rng)
                 best_val, best_state = resume["best_val"], resume["best_state"]
+        loss_fn = self.compiled_meta_loss() if cfg.compile else self.meta_loss
         bar = tqdm(range(start, cfg.steps + 1), desc=f"fit {self.name}", disable=not cfg.progress)
         for step in bar:
             shots = int(cfg.shots[int(rng.integers(len(cfg.shots)))])
@@ -526,9 +547,7 @@ class MAML(Detector):
             if hooks is not None:  # DDP: this process's slice of the batch
                 X_s, y_s, X_q, y_q = hooks.take(X_s, y_s, X_q, y_q)
             with autocast(device):
-                loss = self.meta_loss(
-                    X_s, y_s, X_q, y_q, steps=steps_for_shots(shots, self.inner_steps)
-                )
+                loss = loss_fn(X_s, y_s, X_q, y_q, steps=steps_for_shots(shots, self.inner_steps))
             values = {"loss": hooks.loss_value(loss) if hooks else float(loss.detach())}
             if not math.isfinite(values["loss"]):
                 raise MetaADError(
