@@ -16,7 +16,7 @@
 With ``--tiny`` the model is trained for a few steps on 20,000 rows: latency and throughput
 depend on the architecture, the type library and the stored normals, not on how long it was
 trained, and those are the defaults' (proto, 4 library types, 200 reference normals,
-512-row memory bank).
+32-row memory bank).
 """
 
 from __future__ import annotations

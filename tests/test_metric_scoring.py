@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from metaad.models.metric import MetricLearner, score_many
 
@@ -38,3 +39,54 @@ def test_score_many_refuses_states_of_different_models() -> None:
     with pytest.raises(ValueError, match="one model"):
         score_many([a.adapt(X, y), b.adapt(X, y)], X)
     assert score_many([], X).shape == (0, 5)
+
+
+@pytest.mark.parametrize("k_nn", [0, 1, 5])
+@pytest.mark.parametrize("shots", [0, 4])
+@pytest.mark.parametrize("shape", [(7,), (6, 3)])
+def test_folded_scoring_equals_the_training_logit(k_nn: int, shots: int, shape) -> None:
+    """Scoring folds the logit into one matrix product; it must stay the training logit
+    (every term: k-NN or prototype, anomaly prototype, prior, both heads, scalings)."""
+    torch.manual_seed(k_nn + shots)
+    rng = np.random.default_rng(1)
+    det = MetricLearner(shape, memory=16, k_nn=k_nn)
+    with torch.no_grad():  # move every learned scalar off its initial value
+        for p in det.net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        det.net.memory.normal_()
+    det.net.memory_filled.fill_(True)
+    normals = rng.normal(size=(30, *shape)).astype(np.float32)
+    anomalies = rng.normal(loc=1.5, size=(shots, *shape)).astype(np.float32)
+    y = np.r_[np.ones(shots), np.zeros(30)].astype(np.int64)
+    adapted = det.adapt(np.r_[anomalies, normals], y)
+    X = rng.normal(scale=1.5, size=(3000, *shape)).astype(np.float32)
+    with torch.inference_mode():
+        want = det.core.logit(adapted.state, torch.as_tensor(X)[None])[0].double().numpy()
+    got = adapted.score(X, chunk=700)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+
+
+def test_unfolded_settings_still_score() -> None:
+    """``anomaly_agg="min"`` and the global centre take the general path."""
+    rng = np.random.default_rng(2)
+    det = MetricLearner((5,), memory=0, anomaly_agg="min", global_center=True)
+    Xs = rng.normal(size=(23, 5)).astype(np.float32)
+    adapted = det.adapt(Xs, np.r_[np.ones(3), np.zeros(20)].astype(np.int64))
+    X = rng.normal(size=(100, 5)).astype(np.float32)
+    with torch.inference_mode():
+        want = det.core.logit(adapted.state, torch.as_tensor(X)[None])[0].double().numpy()
+    np.testing.assert_allclose(adapted.score(X), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("m", "k"), [(1, 1), (7, 3), (50, 5), (178, 5), (6, 6)])
+def test_kmin_mean_kernel_equals_topk(m: int, k: int) -> None:
+    """The numba k-NN reduction is the top-k mean, ties and whole-row k included."""
+    from metaad.models._kernels import kmin_mean, unrolled
+
+    rng = np.random.default_rng(m)
+    PT = rng.normal(size=(m + 4, 300)).astype(np.float32)  # (normals, queries)
+    PT[2 : 2 + m, :50] = np.round(PT[2 : 2 + m, :50])  # many ties
+    block = torch.from_numpy(PT[2 : 2 + m])
+    want = block.topk(k, dim=0, largest=False).values.mean(0).numpy()
+    np.testing.assert_allclose(kmin_mean(PT, 2, 2 + m, k), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(unrolled(k)(PT, 2, 2 + m), want, rtol=1e-6, atol=1e-6)
