@@ -341,6 +341,24 @@ def test_adbench_check_puts_published_numbers_beside_ours(tmp_path: Path) -> Non
     assert len(pd.read_csv(tmp_path / "adbench_runs.csv")) == 2
 
 
+def test_published_adbench_numbers_ship_inside_the_package() -> None:
+    """The published table is package data, so ``metaad adbench`` works from a wheel too."""
+    import tomllib
+
+    import metaad
+    from metaad.adbench import default_published_path, read_published
+
+    path = default_published_path()
+    assert path.is_file() and path.parent.parent == Path(metaad.__file__).parent
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["metaad"]
+    assert any(path.match(g) for g in globs)
+    pub = read_published()
+    assert set(pub["label_ratio_pct"]) == {"unsup", "1", "5", "10"}
+    assert set(pub["method"]) == {"CatB", "PReNet", "DevNet", "XGBOD", "IForest"}
+
+
 # -- the weekly flow and the commands ----------------------------------------------------
 @pytest.mark.slow
 def test_benchmark_flow_and_cli_on_a_real_dataset(

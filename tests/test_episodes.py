@@ -239,3 +239,48 @@ def test_check_canonical_names_every_problem() -> None:
     text = df.assign(f0=df.f0.astype(str).where(df.index > 5, "oops"))
     with pytest.raises(DataError, match="'f0' has dtype"):
         check_canonical(text, categorical=["channel"])
+
+
+@pytest.mark.parametrize("normals", ["auto", "random"])
+def test_pipeline_follows_the_tables_source_split(normals: str, tmp_path) -> None:
+    """``metaad episodes`` on a loader's table: with ``episodes.normals: auto`` evaluation
+    normals come only from its test files and training normals only from its training
+    files (NSL-KDD's Test+ normals differ from KDDTrain+'s); ``random`` deals them anyway."""
+    from pathlib import Path
+
+    from helpers_data import make_blobs_table
+    from metaad import stages
+    from metaad.config import load_params
+    from metaad.data.schema import LABEL, SOURCE_SPLIT, TYPE
+
+    df = make_blobs_table(n_normal=3000, types=("a", "b", "c", "d", "e"), n_per_type=150)
+    rng = np.random.default_rng(0)
+    src = np.where(rng.random(len(df)) < 0.3, "test", "train").astype(object)
+    unseen = df[TYPE].isin(["d", "e"]).to_numpy()
+    anom = (df[LABEL] == 1).to_numpy()
+    src[anom] = np.where(unseen, "test", "train")[anom]  # each type from its own file
+    df[SOURCE_SPLIT] = src
+    root = Path(tmp_path)
+    params = load_params(
+        Path(__file__).resolve().parents[1] / "params.yaml",
+        {
+            "ingest.source": "csv",
+            "ingest.path": "unused.csv",  # the table is passed in
+            "episodes.normals": normals,
+            "episodes.train_types": ["a", "b"],
+            "episodes.val_types": ["c"],
+            "episodes.test_types": ["d", "e"],
+            "episodes.n_episodes": 2,
+            "episodes.n_query_normal": 200,
+        },
+    )
+    stages.build_episodes(params, root, df=df)
+    test_rows = pd.read_parquet(root / "artifacts" / "episodes" / "test_rows.parquet")
+    test_normals = test_rows[test_rows[LABEL] == 0]
+    if normals == "auto":
+        assert set(test_normals[SOURCE_SPLIT]) == {"test"}
+        assert len(test_normals) == int(((df[LABEL] == 0) & (df[SOURCE_SPLIT] == "test")).sum())
+    else:
+        assert set(test_normals[SOURCE_SPLIT]) == {"train", "test"}
+    with pytest.raises(ConfigError, match=r"episodes\.normals"):
+        load_params(Path(__file__).resolve().parents[1] / "params.yaml", {"episodes.normals": "x"})

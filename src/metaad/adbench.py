@@ -23,7 +23,7 @@ the real labelled anomalies; one synthetic kind is held out as meta-validation. 
 the plain pool (unlabelled + labelled) and the same support.
 
 Published numbers: appendix tables D4-D11 of the paper (``adbench_published_2022.csv`` in
-``reference/``, copied from the parsed tables, with their citation).
+the package's ``reference/`` folder, copied from the parsed tables, with their citation).
 """
 
 from __future__ import annotations
@@ -242,8 +242,9 @@ def run_one(
 
 # -- published numbers --------------------------------------------------------------------
 def default_published_path() -> Path:
-    """``reference/adbench_published_2022.csv`` in the project checkout."""
-    return Path(__file__).resolve().parents[2] / "reference" / "adbench_published_2022.csv"
+    """``metaad/reference/adbench_published_2022.csv``, shipped inside the package (so an
+    installed wheel has it too, not only a checkout)."""
+    return Path(__file__).resolve().parent / "reference" / "adbench_published_2022.csv"
 
 
 def read_published(path: str | Path | None = None) -> pd.DataFrame:

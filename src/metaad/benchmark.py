@@ -35,12 +35,12 @@ import numpy as np
 import pandas as pd
 
 from metaad.config import BenchmarkConfig, Params, TrainConfig
-from metaad.data.schema import LABEL, SERIES, SOURCE_SPLIT, TYPE, anomaly_types, check_canonical
+from metaad.data.schema import LABEL, SERIES, TYPE, anomaly_types, check_canonical
 from metaad.datasets.base import NORMALS_SOURCE, LoadedDataset, Protocol
 from metaad.episodes.pool import Pool
 from metaad.episodes.preprocess import Preprocessor, make_windows
 from metaad.episodes.sampler import EpisodeSet, build_eval_episodes
-from metaad.episodes.split import SPLITS, TypeSplit, assign_rows, split_types
+from metaad.episodes.split import SPLITS, TypeSplit, assign_by_source, assign_rows, split_types
 from metaad.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -100,48 +100,6 @@ def query_anomalies(protocol: Protocol) -> int:
     """Query anomalies per episode: the stated contamination of ``n_query_normal`` normals."""
     c = protocol.contamination
     return max(1, round(protocol.n_query_normal * c / (1.0 - c)))
-
-
-def assign_by_source(
-    df: pd.DataFrame, split: TypeSplit, *, seed: int, val_share: float = 1.0 / 7.0
-) -> np.ndarray:
-    """Row splits when the protocol's normals follow ``source_split`` (e.g. NSL-KDD's files).
-
-    Anomalies follow their type's split, but only when their source agrees with it (a
-    training type's rows from the test file, or a test type's rows from the training file,
-    are left out). Normals from a ``test`` source go to test; from ``train`` to train or, for
-    a ``val_share`` of them, val (by series when the table has one); from ``val`` to val.
-    """
-    if SOURCE_SPLIT not in df.columns:
-        raise DataError(f"this protocol needs a {SOURCE_SPLIT!r} column")
-    src = df[SOURCE_SPLIT].astype(str).to_numpy()
-    bad = sorted(set(src) - set(SPLITS))
-    if bad:
-        raise DataError(f"{SOURCE_SPLIT} must be one of {list(SPLITS)}; found {bad}")
-    types = df[TYPE].astype(str).to_numpy()
-    is_anom = df[LABEL].to_numpy() == 1
-    out = np.full(len(df), "", dtype=object)
-    for name in SPLITS:
-        of_split = is_anom & np.isin(types, split.of(name))
-        ok_src = ("test",) if name == "test" else ("train", "val")
-        out[of_split & np.isin(src, ok_src)] = name
-    normal = ~is_anom
-    out[normal & (src == "test")] = "test"
-    out[normal & (src == "val")] = "val"
-    tr = normal & (src == "train")
-    rng = np.random.default_rng([seed, 2])
-    share = val_share if split.val else 0.0
-    if SERIES in df.columns:
-        series = df[SERIES].astype(str).to_numpy()
-        uniq = np.unique(series[tr])
-        to_val = set(uniq[rng.random(len(uniq)) < share].tolist())
-        val_rows = tr & np.isin(series, list(to_val))
-    else:
-        val_rows = tr.copy()
-        val_rows[tr] = rng.random(int(tr.sum())) < share
-    out[tr] = "train"
-    out[val_rows] = "val"
-    return out
 
 
 def _pool(df: pd.DataFrame, pre: Preprocessor, window: dict[str, int] | None) -> Pool:

@@ -86,8 +86,17 @@ class EpisodesConfig:
     contamination: float = 0.05
     window: int = 16
     stride: int = 8
+    #: Where evaluation normals come from: ``auto`` follows the table's ``source_split``
+    #: column when it has one (a loader's train/test files, e.g. NSL-KDD's, whose normals
+    #: differ), else deals normals at random; ``source`` requires the column; ``random``
+    #: ignores it.
+    normals: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.normals not in ("auto", "source", "random"):
+            raise ConfigError(
+                f"episodes.normals must be 'auto', 'source' or 'random', got {self.normals!r}"
+            )
         if not self.shots or min(self.shots) < 0:
             raise ConfigError(f"episodes.shots must be non-negative integers, got {self.shots}")
         if not 0 < self.contamination < 1:

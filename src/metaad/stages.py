@@ -19,12 +19,12 @@ import pandas as pd
 
 from metaad.bundle import ModelBundle
 from metaad.config import Params
-from metaad.data.schema import LABEL, SERIES, TYPE, anomaly_types, check_canonical
+from metaad.data.schema import LABEL, SERIES, SOURCE_SPLIT, TYPE, anomaly_types, check_canonical
 from metaad.device import seed_everything
 from metaad.episodes.pool import Pool
 from metaad.episodes.preprocess import Preprocessor, make_windows
 from metaad.episodes.sampler import EpisodeSet, build_eval_episodes
-from metaad.episodes.split import TypeSplit, assign_rows, split_types
+from metaad.episodes.split import TypeSplit, assign_by_source, assign_rows, split_types
 from metaad.errors import DataError
 from metaad.models.base import Detector, History, StepCallback
 from metaad.models.registry import create, family_of
@@ -183,7 +183,12 @@ def build_episodes(params: Params, root: Path, df: pd.DataFrame | None = None) -
         val=e.val_types,
         test=e.test_types,
     )
-    rows = assign_rows(df, split, seed=e.seed)
+    by_source = e.normals == "source" or (e.normals == "auto" and SOURCE_SPLIT in df.columns)
+    if by_source:  # the loader's files decide which normals are evaluation normals
+        rows = assign_by_source(df, split, seed=e.seed)
+        log.info("episodes: rows split by %r (episodes.normals=%s)", SOURCE_SPLIT, e.normals)
+    else:
+        rows = assign_rows(df, split, seed=e.seed)
     frames = {s: df[rows == s] for s in ("train", "val", "test")}
     pre = Preprocessor.fit(frames["train"], categorical=cats)
     window = {"window": e.window, "stride": e.stride} if SERIES in df.columns else None
