@@ -30,10 +30,10 @@ the unseen types of the synthetic default rose from 0.918 to 0.953 at K=5 (READM
 
 ``memory`` defaults to 32 rows. On the synthetic default, over three training seeds, 32 and
 128 rows gave the K=5 macro AUPRC of the 512 rows used before (0.954 and 0.952 against
-0.950 over two seeds) and about 0.015 less at K=0; 64 rows was lower at every K (0.942).
+0.950 over two seeds) and about 0.02 less at K=0; 64 rows was lower at every K (0.942).
 Scoring cost grows with the bank (a rows x normals product and its k-NN): with 32 rows an
-adapted detector scores 1M rows at 3.5x Isolation Forest's speed, 2.8x with 128, 1.5x
-with 512 (``bench/bench_scoring.py``). Scoring folds every term into one product per
+adapted detector scored 1M rows at 3.1-3.5x Isolation Forest's speed over two runs of
+``bench/bench_scoring.py``, with 128 rows 2.8-3.2x, with 512 rows 1.5x. Scoring folds every term into one product per
 chunk of rows (:class:`_ScoringPlan`) and takes the k-NN with a numba kernel.
 """
 
