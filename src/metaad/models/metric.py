@@ -33,8 +33,9 @@ the unseen types of the synthetic default rose from 0.918 to 0.953 at K=5 (READM
 0.950 over two seeds) and about 0.02 less at K=0; 64 rows was lower at every K (0.942).
 Scoring cost grows with the bank (a rows x normals product and its k-NN): with 32 rows an
 adapted detector scored 1M rows at 3.1-3.5x Isolation Forest's speed over two runs of
-``bench/bench_scoring.py``, with 128 rows 2.8-3.2x, with 512 rows 1.5x. Scoring folds every term into one product per
-chunk of rows (:class:`_ScoringPlan`) and takes the k-NN with a numba kernel.
+``bench/bench_scoring.py``, with 128 rows 2.8-3.2x, with 512 rows 1.5x. Scoring folds every
+term into one product per chunk of rows (:class:`_ScoringPlan`) and takes the k-NN with a
+numba kernel.
 """
 
 from __future__ import annotations
