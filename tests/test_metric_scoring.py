@@ -9,9 +9,10 @@ import torch
 from metaad.models.metric import MetricLearner, score_many
 
 
-def test_score_many_equals_scoring_each_state() -> None:
+@pytest.mark.parametrize("raw_proto", [False, True])
+def test_score_many_equals_scoring_each_state(raw_proto: bool) -> None:
     rng = np.random.default_rng(0)
-    det = MetricLearner((7,), memory=16)
+    det = MetricLearner((7,), memory=16, raw_proto=raw_proto)
     det.net.memory.normal_()
     det.net.memory_filled.fill_(True)
     normals = rng.normal(size=(30, 7)).astype(np.float32)
@@ -44,12 +45,16 @@ def test_score_many_refuses_states_of_different_models() -> None:
 @pytest.mark.parametrize("k_nn", [0, 1, 5])
 @pytest.mark.parametrize("shots", [0, 4])
 @pytest.mark.parametrize("shape", [(7,), (6, 3)])
-def test_folded_scoring_equals_the_training_logit(k_nn: int, shots: int, shape) -> None:
+@pytest.mark.parametrize("raw_proto", [False, True])
+def test_folded_scoring_equals_the_training_logit(
+    k_nn: int, shots: int, shape, raw_proto: bool
+) -> None:
     """Scoring folds the logit into one matrix product; it must stay the training logit
-    (every term: k-NN or prototype, anomaly prototype, prior, both heads, scalings)."""
+    (every term: k-NN or prototype, anomaly prototype, prior, both heads, raw prototypes,
+    scalings)."""
     torch.manual_seed(k_nn + shots)
     rng = np.random.default_rng(1)
-    det = MetricLearner(shape, memory=16, k_nn=k_nn)
+    det = MetricLearner(shape, memory=16, k_nn=k_nn, raw_proto=raw_proto)
     with torch.no_grad():  # move every learned scalar off its initial value
         for p in det.net.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -90,3 +95,55 @@ def test_kmin_mean_kernel_equals_topk(m: int, k: int) -> None:
     want = block.topk(k, dim=0, largest=False).values.mean(0).numpy()
     np.testing.assert_allclose(kmin_mean(PT, 2, 2 + m, k), want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(unrolled(k)(PT, 2, 2 + m), want, rtol=1e-6, atol=1e-6)
+
+
+def _two_type_pool(rng: np.random.Generator, d: int = 6):
+    from metaad.episodes.pool import Pool
+
+    X = np.r_[
+        rng.normal(size=(600, d)),
+        rng.normal(loc=2.5, size=(80, d)),
+        rng.normal(loc=-2.5, size=(80, d)),
+    ].astype(np.float32)
+    y = np.r_[np.zeros(600), np.ones(160)].astype(np.int64)
+    t = np.array(["normal"] * 600 + ["up"] * 80 + ["down"] * 80)
+    return Pool(X, y, t, ())
+
+
+def test_raw_prototype_term_is_trained_and_scored() -> None:
+    """``raw_proto``: the plain raw-feature prototypes enter the logit with a learned weight
+    (the gradient reaches it), and only when the support has anomalies."""
+    from metaad.models.base import FitConfig
+
+    rng = np.random.default_rng(3)
+    pool = _two_type_pool(rng)
+    det = MetricLearner((6,), memory=8, raw_proto=True)
+    before = det.net.raw_proto_w.detach().clone()
+    cfg = FitConfig(steps=15, meta_batch=4, shots=(1, 5), n_query_normal=32, n_query_anomaly=8)
+    det.fit(pool, cfg)
+    assert not torch.equal(before, det.net.raw_proto_w.detach())
+    normals = rng.normal(size=(30, 6)).astype(np.float32)
+    anomalies = rng.normal(loc=2.5, size=(3, 6)).astype(np.float32)
+    y = np.r_[np.ones(3), np.zeros(30)].astype(np.int64)
+    with_k = det.adapt(np.r_[anomalies, normals], y)
+    zero_shot = det.adapt(normals, np.zeros(30, np.int64))
+    assert with_k.state.proto_n is not None and zero_shot.state.proto_n is None
+    X = rng.normal(size=(200, 6)).astype(np.float32)
+    det.core.raw_proto = False  # the same weights and support without the term
+    plain = det.adapt(np.r_[anomalies, normals], y).score(X)
+    det.core.raw_proto = True
+    assert not np.allclose(with_k.score(X), plain)
+
+
+def test_weights_saved_before_the_raw_prototype_term_still_load(tmp_path) -> None:
+    det = MetricLearner((5,), memory=4)
+    det.save(tmp_path / "m")
+    state = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
+    del state["raw_proto_w"]  # what an older bundle holds
+    torch.save(state, tmp_path / "m" / "weights.pt")
+    old = MetricLearner((5,), memory=4)
+    old.load_weights(tmp_path / "m")  # the term is off: its weight is not needed
+    from metaad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="raw_proto_w"):
+        MetricLearner((5,), memory=4, raw_proto=True).load_weights(tmp_path / "m")
