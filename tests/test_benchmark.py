@@ -206,6 +206,63 @@ def test_reports_plots_and_one_mlflow_run(tiny_run: Any) -> None:
     assert {"benchmark/results.json", "benchmark/results.md", "benchmark/plots"} <= names
 
 
+def test_a_method_that_fails_is_reported_and_the_others_still_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One diverging method (here: proto raising on its second seed) must not throw away
+    the other methods' results; it is left out of every table, by name, with the reason."""
+    import metaad.stages as stages
+    from metaad.errors import MetaADError
+
+    real = stages.train_method
+
+    def flaky(params, prep, method, **kw):
+        if method == "proto" and params.train.seed == 4:
+            raise MetaADError("proto: meta-training diverged at step 7 (loss nan)")
+        return real(params, prep, method, **kw)
+
+    monkeypatch.setattr(stages, "train_method", flaky)
+    cfg = BenchmarkConfig(
+        datasets=("blobs",),
+        methods=("proto", "lr_sup", "proto_raw"),
+        shots=(0, 5),
+        seeds=(3, 4),
+        n_episodes=2,
+        steps=10,
+        meta_batch=4,
+    )
+    res = run_benchmark(cfg, tmp_path / "r", datasets=[blobs_dataset()], tracking_uri=None)
+    info = res.results["datasets"]["blobs"]
+    assert set(info["failed_methods"]) == {"proto"}
+    assert "seed 4" in info["failed_methods"]["proto"]
+    assert "diverged" in info["failed_methods"]["proto"]
+    per = pd.read_csv(res.out_dir / "per_episode.csv")
+    assert set(per["method"]) == {"lr_sup", "proto_raw"}  # seed 3's proto rows dropped too
+    assert set(per["seed"]) == {3, 4}
+    md = (res.out_dir / "results.md").read_text()
+    assert "proto failed and is left out of these tables" in md
+
+
+def test_maml_validation_counts_a_diverged_adaptation_as_a_failed_task() -> None:
+    """Finite outer loss, overflowing evaluation-time adaptation: validation gives 0 for
+    those tasks (so early stopping keeps an earlier initialisation) instead of raising."""
+    import torch
+
+    from metaad.models.base import FitConfig
+    from metaad.models.registry import create
+
+    ds = blobs_dataset()
+    prep = prepare_dataset(ds, shots=(0, 5), split_seed=0)
+    val = prep.pools["val"]
+    det = create("maml", val.input_shape)
+    cfg = FitConfig(steps=1, meta_batch=4, shots=(5,), n_query_normal=32, n_query_anomaly=8)
+    tasks = det._val_tasks(val, cfg)
+    assert 0.0 < det._validate(*tasks) <= 1.0
+    with torch.no_grad():
+        next(iter(det.model.parameters())).fill_(float("inf"))
+    assert det._validate(*tasks) == 0.0
+
+
 def _head(name: str, meta: float, base: float, half: float, k1: float, gbm10: float) -> dict:
     iv = lambda m, v: {"method": m, "mean": v, "lo": v - half, "hi": v + half}  # noqa: E731
     return {

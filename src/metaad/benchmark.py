@@ -41,7 +41,7 @@ from metaad.episodes.pool import Pool
 from metaad.episodes.preprocess import Preprocessor, make_windows
 from metaad.episodes.sampler import EpisodeSet, build_eval_episodes
 from metaad.episodes.split import SPLITS, TypeSplit, assign_by_source, assign_rows, split_types
-from metaad.errors import ConfigError, DataError
+from metaad.errors import ConfigError, DataError, MetaADError
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,9 @@ class DatasetResult:
     eval_seconds: dict[str, list[float]]
     description: dict[str, Any]
     report: dict[str, Any] = field(default_factory=dict)
+    #: method -> "seed N: what went wrong"; a failed method is left out of every table of
+    #: this dataset (all its seeds), so no row mixes seeds that ran with seeds that did not.
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 def run_dataset(
@@ -279,6 +282,7 @@ def run_dataset(
     seen: dict[str, dict[int, str]] = {m: {} for m in cfg.methods}
     fit_s: dict[str, list[float]] = {m: [] for m in cfg.methods}
     eval_s: dict[str, list[float]] = {m: [] for m in cfg.methods}
+    failures: dict[str, str] = {}
     for si, seed in enumerate(cfg.seeds):
         path = out_dir / f"episodes_seed{seed}.npz"
         eps, digest = freeze_episodes(
@@ -287,16 +291,29 @@ def run_dataset(
         digests[int(seed)] = digest
         stage_prep = Prepared(prep.split, prep.preprocessor, prep.pools, eps, prep.window)
         for method in cfg.methods:
+            if method in failures:
+                continue
             params = train_params(cfg, prep.protocol, seed, method)
             t0 = time.perf_counter()
-            det, _, secs = train_method(
-                params, stage_prep, method, progress=progress, hparams=params.train.hparams
-            )
-            t1 = time.perf_counter()
-            # the file on disk, not the object in memory: what every method is scored on
-            if sha256_of(path) != digest:
-                raise DataError(f"{path} changed while the benchmark was running")
-            per = evaluate_detector(det, prep.pools["test"], eps, method=method, shots=cfg.shots)
+            try:
+                det, _, secs = train_method(
+                    params, stage_prep, method, progress=progress, hparams=params.train.hparams
+                )
+                t1 = time.perf_counter()
+                # the file on disk, not the object in memory: what every method is scored on
+                if sha256_of(path) != digest:
+                    raise DataError(f"{path} changed while the benchmark was running")
+                per = evaluate_detector(
+                    det, prep.pools["test"], eps, method=method, shots=cfg.shots
+                )
+            except (MetaADError, ValueError, FloatingPointError, RuntimeError) as exc:
+                if isinstance(exc, DataError):
+                    raise  # the episodes or the data are wrong: every number would be
+                # One method diverging (a MAML run whose adapted scores overflow, say) must
+                # not throw away hours of the others' results: it is reported by name.
+                failures[method] = f"seed {seed}: {type(exc).__name__}: {exc}"
+                log.error("%s seed %s %s failed: %s", prep.name, seed, method, exc)
+                continue
             t2 = time.perf_counter()
             per.insert(0, "dataset", prep.name)
             per.insert(1, "seed", int(seed))
@@ -318,18 +335,22 @@ def run_dataset(
             )
             if on_method is not None:
                 on_method(prep.name, int(seed), method, float(k5.mean()) if len(k5) else np.nan)
+    frames = [f for f in frames if f["method"].iat[0] not in failures]
+    if not frames:
+        raise MetaADError(f"{prep.name}: every method failed: {failures}")
     per_episode = pd.concat(frames, ignore_index=True)
     summary = summarise(per_episode.drop(columns=["dataset", "seed"]))
     return DatasetResult(
         name=prep.name,
         per_episode=per_episode,
         summary=summary,
-        families=families,
+        families={m: f for m, f in families.items() if m not in failures},
         episodes_sha256=digests,
-        method_episodes=seen,
+        method_episodes={m: s for m, s in seen.items() if m not in failures},
         fit_seconds=fit_s,
         eval_seconds=eval_s,
         description=prep.describe(),
+        failures=failures,
     )
 
 
@@ -456,6 +477,10 @@ def dataset_markdown(res: DatasetResult, shots: Sequence[int]) -> str:
         + (f"; windows of {d['window']['window']}" if d["window"] else "")
         + ".",
         *(f"- {n}" for n in p["notes"]),
+        *(
+            f"- **{m} failed and is left out of these tables** ({why})."
+            for m, why in res.failures.items()
+        ),
         "",
         "Macro AUPRC (mean ± 95% CI half-width):",
         "",
@@ -605,6 +630,7 @@ def finish_benchmark(
                 "fit_seconds": r.fit_seconds,
                 "eval_seconds": r.eval_seconds,
                 "families": r.families,
+                "failed_methods": r.failures,
                 "results": results_json(
                     r.per_episode.drop(columns=["dataset", "seed"]),
                     r.summary,

@@ -658,7 +658,22 @@ class MAML(Detector):
         with torch.no_grad():
             s = vmap(scores)(X_s, y_s, X_q).double().cpu().numpy()
         y = y_q.cpu().numpy()
-        return float(np.mean([average_precision_score(y[i], s[i]) for i in range(len(s))]))
+        ok = np.isfinite(s).all(axis=1)
+        if not ok.all():
+            # The outer loss can stay finite while the longer evaluation-time adaptation
+            # overflows (seen on Tennessee Eastman windows). Such a task counts as AUPRC 0,
+            # so early stopping keeps an earlier initialisation instead of the run failing.
+            logger.warning(
+                "%s: adaptation diverged on %d of %d validation tasks (non-finite scores)",
+                self.name,
+                int((~ok).sum()),
+                len(ok),
+            )
+        return float(
+            np.mean(
+                [average_precision_score(y[i], s[i]) if ok[i] else 0.0 for i in range(len(s))]
+            )
+        )
 
     # -- persistence ----------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:
