@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,49 @@ def test_a_method_that_fails_is_reported_and_the_others_still_finish(
     assert set(per["seed"]) == {3, 4}
     md = (res.out_dir / "results.md").read_text()
     assert "proto failed and is left out of these tables" in md
+
+
+def test_runs_of_different_methods_on_the_same_episodes_merge_into_one_report(
+    tmp_path: Path,
+) -> None:
+    """Methods run as separate jobs give the report one run of all of them gives; runs on
+    other episodes, other seeds, or repeating a method are refused by name."""
+    from metaad.benchmark import merge_benchmarks
+    from metaad.errors import ConfigError, DataError
+
+    cfg = BenchmarkConfig(
+        datasets=("blobs",), methods=("lr_sup", "proto_raw", "iforest"), shots=(0, 5),
+        seeds=(3, 4), n_episodes=2,
+    )  # fmt: skip
+
+    def run(name: str, methods: tuple[str, ...], data_seed: int = 0, **kw: Any) -> Path:
+        c = replace(cfg, methods=methods, **kw)
+        run_benchmark(c, tmp_path / name, datasets=[blobs_dataset(data_seed)], tracking_uri=None)
+        return tmp_path / name
+
+    whole = run("whole", cfg.methods)
+    a, b = run("a", ("lr_sup", "proto_raw")), run("b", ("iforest",))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    merged = merge_benchmarks([a, b], tmp_path / "merged", tracking_uri=uri)
+
+    def quality(tree: Any) -> Any:  # everything but the wall-clock timings
+        if isinstance(tree, dict):
+            return {k: quality(v) for k, v in tree.items() if not k.endswith("_ms")}
+        return tree
+
+    want = json.loads((whole / "results.json").read_text())["datasets"]["blobs"]["results"]
+    got = merged.results["datasets"]["blobs"]["results"]
+    assert quality(got) == quality(want) and "iforest" in got["results"]
+    assert merged.results["config"]["methods"] == ["lr_sup", "proto_raw", "iforest"]
+    assert (tmp_path / "merged" / "plots" / "auprc_vs_k_blobs.png").stat().st_size > 10_000
+    assert "iforest" in (tmp_path / "merged" / "results.md").read_text()
+    assert MlflowClient(tracking_uri=uri).get_run(merged.mlflow_run_id).info.status == "FINISHED"
+    with pytest.raises(DataError, match="other episodes"):
+        merge_benchmarks([a, run("other_data", ("iforest",), data_seed=1)], tmp_path / "x")
+    with pytest.raises(ConfigError, match=r"benchmark\.seeds"):
+        merge_benchmarks([a, run("other_seeds", ("iforest",), seeds=(3,))], tmp_path / "x")
+    with pytest.raises(ConfigError, match="'lr_sup' is in both"):
+        merge_benchmarks([a, whole], tmp_path / "x")
 
 
 def test_maml_validation_counts_a_diverged_adaptation_as_a_failed_task() -> None:

@@ -701,6 +701,108 @@ def run_benchmark(
     )
 
 
+#: Settings that decide which episodes a run scored; runs merge only when these agree.
+_EPISODE_KEYS = ("shots", "seeds", "n_episodes", "split_seed")
+
+
+def merge_benchmarks(
+    runs: Sequence[str | Path], out_dir: str | Path, *, tracking_uri: str | None = None
+) -> BenchmarkResult:
+    """Several benchmark runs of different methods on the same frozen episodes, as one report.
+
+    So the methods of one benchmark can run as separate jobs (one per machine, or a method
+    added later) and still be compared on exactly the same episodes. Each run's episode files
+    are identified by their sha256 (recorded per dataset and seed): runs whose digests differ
+    are refused, as are runs that repeat a method on a dataset or differ in shots, seeds,
+    episodes per seed or the type split. The merged run gets the usual ``results.json``,
+    ``results.md``, ``per_episode.csv`` and plots, recomputed from the per-episode rows.
+    """
+    from metaad.evaluation.plots import plot_auprc_vs_k
+    from metaad.evaluation.runner import summarise
+
+    if len(runs) < 2:
+        raise ConfigError("merging needs at least two benchmark runs")
+    loaded = []
+    for run in runs:
+        d = Path(run)
+        try:
+            res = json.loads((d / "results.json").read_text())
+            per = pd.read_csv(d / "per_episode.csv")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{d} is not a finished benchmark run: {exc}") from exc
+        loaded.append((d, res, per))
+    first_dir, first, _ = loaded[0]
+    for d, res, _ in loaded[1:]:
+        for k in _EPISODE_KEYS:
+            if res["config"][k] != first["config"][k]:
+                raise ConfigError(
+                    f"{d}: benchmark.{k} is {res['config'][k]}, {first_dir} has "
+                    f"{first['config'][k]}; only runs on the same episodes merge"
+                )
+    parts: dict[str, list[tuple[Path, dict[str, Any], pd.DataFrame]]] = {}
+    for d, res, per in loaded:
+        for name, info in res["datasets"].items():
+            parts.setdefault(name, []).append((d, info, per[per["dataset"] == name]))
+    merged: dict[str, DatasetResult] = {}
+    for name, group in parts.items():
+        ref_dir, ref, _ = group[0]
+        owner: dict[str, Path] = {}
+        for d, info, _ in group:
+            if info["episodes_sha256"] != ref["episodes_sha256"]:
+                raise DataError(
+                    f"{name}: {d} was scored on other episodes than {ref_dir} (the sha256 of "
+                    "the frozen episode files differ); rerun it with the same data and settings"
+                )
+            for m in [*info["families"], *info.get("failed_methods", {})]:
+                if m in owner:
+                    raise ConfigError(f"{name}: method {m!r} is in both {owner[m]} and {d}")
+                owner[m] = d
+        per_episode = pd.concat([p for *_, p in group], ignore_index=True)
+
+        def union(key: str, group=group) -> dict[str, Any]:
+            return {k: v for _, info, _ in group for k, v in info.get(key, {}).items()}
+
+        res = DatasetResult(
+            name=name,
+            per_episode=per_episode,
+            summary=summarise(per_episode.drop(columns=["dataset", "seed"])),
+            families=union("families"),
+            episodes_sha256={int(k): v for k, v in ref["episodes_sha256"].items()},
+            method_episodes={
+                m: {int(k): v for k, v in s.items()}
+                for m, s in union("method_episodes_sha256").items()
+            },
+            fit_seconds=union("fit_seconds"),
+            eval_seconds=union("eval_seconds"),
+            description=ref["description"],
+            report=ref["report"],
+            failures=union("failed_methods"),
+        )
+        plot_auprc_vs_k(
+            res.summary,
+            Path(out_dir) / "plots" / f"auprc_vs_k_{name}.png",
+            family_of=res.families,
+            contamination=ref["description"]["protocol"]["contamination"],
+            title=f"{name}: macro AUPRC on unseen types vs K (95% CI)",
+        )
+        merged[name] = res
+    methods = list(dict.fromkeys(m for _, res, _ in loaded for m in res["config"]["methods"]))
+    hparams = {m: hp for _, res, _ in loaded for m, hp in res["config"]["hparams"].items()}
+    base = {k: tuple(v) if isinstance(v, list) else v for k, v in first["config"].items()}
+    cfg = replace(
+        BenchmarkConfig(**base),
+        methods=tuple(methods),
+        datasets=tuple(merged),
+        hparams=hparams,
+    )
+    validation = {k: v for _, res, _ in loaded for k, v in res.get("validation", {}).items()}
+    seconds = sum(res.get("seconds") or 0.0 for _, res, _ in loaded)
+    log.info("merged %d benchmark runs: %s", len(loaded), ", ".join(str(d) for d, *_ in loaded))
+    return finish_benchmark(
+        cfg, out_dir, merged, validation=validation, seconds=seconds, tracking_uri=tracking_uri
+    )
+
+
 def _config_dict(cfg: BenchmarkConfig) -> dict[str, Any]:
     import dataclasses
 
@@ -770,6 +872,7 @@ __all__ = [
     "freeze_episodes",
     "headline",
     "load_checked",
+    "merge_benchmarks",
     "overall_verdict",
     "prepare_dataset",
     "run_benchmark",

@@ -1,4 +1,4 @@
-"""`metaad datasets`, `metaad import-dataset`, `metaad benchmark`, `metaad adbench`.
+"""`metaad datasets`, `import-dataset`, `benchmark`, `benchmark-merge`, `adbench`.
 
 Thin shells over :mod:`metaad.datasets`, :mod:`metaad.benchmark` and :mod:`metaad.adbench`:
 they parse arguments, call one function and print a short summary.
@@ -126,6 +126,32 @@ def benchmark(
         _fail(exc)
 
 
+def benchmark_merge(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Finished benchmark output folders (two or more).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder of the merged report.")] = Path(
+        "artifacts/benchmark/merged"
+    ),
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow store (default: the project's).")
+    ] = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = True,
+) -> None:
+    """Merge benchmark runs of different methods on the same frozen episodes into one report."""
+    _logging()
+    try:
+        from metaad.benchmark import merge_benchmarks
+        from metaad.tracking import default_tracking_uri
+
+        uri = (tracking_uri or default_tracking_uri(Path("."))) if mlflow else None
+        res = merge_benchmarks(runs, out, tracking_uri=uri)
+        typer.echo(res.markdown)
+        typer.echo(json.dumps({"verdict": res.results["verdict"], "mlflow_run": res.mlflow_run_id}))
+    except MetaADError as exc:
+        _fail(exc)
+
+
 def adbench(
     set_name: Annotated[
         list[str] | None, typer.Option("--set", help="Only this set (repeatable).")
@@ -167,4 +193,5 @@ def register(app: typer.Typer) -> None:
     app.command("datasets")(datasets)
     app.command("import-dataset")(import_dataset)
     app.command("benchmark")(benchmark)
+    app.command("benchmark-merge")(benchmark_merge)
     app.command("adbench")(adbench)
