@@ -240,7 +240,7 @@ class BenchmarkConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # episode draws and training seeds
     n_episodes: int = 20  # per unseen type, K and seed
     split_seed: int = 0  # the type split (where a loader does not list it) and normal deal
-    steps: int = 1500  # meta-training steps per meta-learner and seed
+    steps: int = 300  # meta-training steps per meta-learner and seed (params.yaml says why)
     meta_batch: int = 16
     device: str = "auto"
     hparams: Mapping[str, Any] = field(default_factory=dict)  # {method: {hparam: value}}
