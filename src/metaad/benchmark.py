@@ -308,7 +308,7 @@ def run_dataset(
                 )
             except (MetaADError, ValueError, FloatingPointError, RuntimeError) as exc:
                 if isinstance(exc, DataError):
-                    raise  # the episodes or the data are wrong: every number would be
+                    raise  # the episodes or the data are wrong: no number would be valid
                 # One method diverging (a MAML run whose adapted scores overflow, say) must
                 # not throw away hours of the others' results: it is reported by name.
                 failures[method] = f"seed {seed}: {type(exc).__name__}: {exc}"
