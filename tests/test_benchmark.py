@@ -287,6 +287,59 @@ def test_runs_of_different_methods_on_the_same_episodes_merge_into_one_report(
         merge_benchmarks([a, whole], tmp_path / "x")
 
 
+def test_a_failed_method_rerun_on_the_same_episodes_replaces_its_failure_in_the_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """proto fails in run a (seed 4); run b, after the fix, reruns it on the same episodes and
+    one of its seeds stopped at a divergence. The merge counts b's numbers, keeps a's failure
+    and b's divergence as notes beside them, and still refuses a method finished twice."""
+    import metaad.stages as stages
+    from metaad.benchmark import merge_benchmarks
+    from metaad.errors import ConfigError, MetaADError
+
+    real = stages.train_method
+    mode = {"fail": True}
+
+    def patched(params, prep, method, **kw):
+        if method == "proto" and params.train.seed == 4 and mode["fail"]:
+            raise MetaADError("proto: meta-training diverged at step 7 (loss nan)")
+        det, hist, secs = real(params, prep, method, **kw)
+        if method == "proto" and params.train.seed == 3 and not mode["fail"]:
+            hist.diverged_at = 9  # as MAML's fit records a blow-up it recovered from
+        return det, hist, secs
+
+    monkeypatch.setattr(stages, "train_method", patched)
+    cfg = BenchmarkConfig(
+        datasets=("blobs",), methods=("proto", "lr_sup"), shots=(0, 5), seeds=(3, 4),
+        n_episodes=2, steps=10, meta_batch=4,
+    )  # fmt: skip
+    a = run_benchmark(cfg, tmp_path / "a", datasets=[blobs_dataset()], tracking_uri=None)
+    assert set(a.results["datasets"]["blobs"]["failed_methods"]) == {"proto"}
+    mode["fail"] = False
+    b = run_benchmark(
+        replace(cfg, methods=("proto",)), tmp_path / "b", datasets=[blobs_dataset()],
+        tracking_uri=None,
+    )  # fmt: skip
+    b_info = b.results["datasets"]["blobs"]
+    assert b_info["method_notes"] == {
+        "proto": ["seed 3: meta-training diverged at step 9 of 10; the weights of its best "
+                  "validation before that were kept"]
+    }  # fmt: skip
+    merged = merge_benchmarks([a.out_dir, b.out_dir], tmp_path / "m")
+    info = merged.results["datasets"]["blobs"]
+    assert info["failed_methods"] == {}
+    assert set(info["results"]["results"]) == {"proto", "lr_sup"}
+    assert info["results"]["results"]["proto"] == b_info["results"]["results"]["proto"]
+    assert info["fit_seconds"]["proto"] == b_info["fit_seconds"]["proto"]
+    notes = info["method_notes"]["proto"]
+    assert notes[0].startswith("seed 3: meta-training diverged at step 9")
+    assert "failed in a (seed 4: MetaADError" in notes[1] and "rerun's numbers, from b" in notes[1]
+    md = (tmp_path / "m" / "results.md").read_text()
+    assert "- proto, failed in a (seed 4" in md and "failed and is left out" not in md
+    with pytest.raises(ConfigError, match="'proto' is in both"):
+        merge_benchmarks([a.out_dir, b.out_dir, b.out_dir], tmp_path / "x")
+
+
 def test_maml_validation_counts_a_diverged_adaptation_as_a_failed_task() -> None:
     """Finite outer loss, overflowing evaluation-time adaptation: validation gives 0 for
     those tasks (so early stopping keeps an earlier initialisation) instead of raising."""

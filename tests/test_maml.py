@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -399,6 +400,63 @@ def test_validation_and_callback(pools: tuple[Pool, Pool]) -> None:
     assert [s for s, _ in seen] == [1, 2, 3, 4]
     steps, vals = history.series("val_auprc")
     assert steps == [2, 4] and all(0.0 <= v <= 1.0 for v in vals)
+
+
+def test_a_loss_that_turns_nan_stops_training_at_the_best_validated_weights(
+    pools: tuple[Pool, Pool],
+) -> None:
+    """Meta-training that blows up (the loss made NaN at step 5 here; on Tennessee Eastman
+    MAML's loss went 0.16 -> 4.3 -> 17,143 -> NaN) ends at that step and keeps the weights of
+    its best validation before it, and says so; with no validation yet it raises."""
+    from metaad.errors import MetaADError
+
+    train, test = pools
+    cfg = FitConfig(
+        steps=10,
+        meta_batch=2,
+        shots=(3,),
+        n_support_normal=8,
+        n_query_normal=8,
+        n_query_anomaly=4,
+        device="cpu",
+        val_every=2,
+    )
+
+    def blowing_up_at(det: MAML, call: int) -> None:
+        real, calls = det.meta_loss, []
+
+        def loss(*args: object, **kw: object) -> torch.Tensor:
+            calls.append(1)
+            value = real(*args, **kw)  # type: ignore[arg-type]
+            return value * float("nan") if len(calls) == call else value
+
+        det.meta_loss = loss  # type: ignore[method-assign]
+
+    det = small("maml")
+    blowing_up_at(det, 5)
+    validated: dict[int, tuple[float, dict[str, torch.Tensor]]] = {}
+
+    def keep(step: int, values: dict[str, float]) -> None:
+        if "val_auprc" in values:  # the weights this validation scored
+            validated[step] = (values["val_auprc"], det.state_tensors())
+
+    history = det.fit(train, cfg, val=test, callback=keep)
+    assert history.diverged_at == 5
+    assert [int(r["step"]) for r in history.records] == [1, 2, 3, 4]
+    assert sorted(validated) == [2, 4]
+    best = max(sorted(validated), key=lambda s: validated[s][0])  # the first of a tie
+    for k, v in det.state_tensors().items():
+        assert torch.equal(v, validated[best][1][k]), k
+    assert np.isfinite(det.adapt(test.X[:20], test.y[:20]).score(test.X)).all()
+
+    fresh = small("maml")
+    blowing_up_at(fresh, 1)
+    with pytest.raises(MetaADError, match=r"diverged at step 1 .* before any validation"):
+        fresh.fit(train, cfg, val=test)
+    undone = small("maml")
+    blowing_up_at(undone, 3)
+    with pytest.raises(MetaADError, match="before any validation"):
+        undone.fit(train, replace(cfg, val_every=5), val=test)
 
 
 def test_registry_names() -> None:

@@ -210,6 +210,7 @@ def test_pipeline_run_holds_config_metrics_curves_artifacts_and_lineage(store: d
     tags = run.data.tags
     assert tags[TAG_FLOW_RUN] == "flow-123" and tags[TAG_PARAMS_HASH] == params.digest()
     assert tags[TAG_DATA_VERSION] == "untracked"
+    assert "train.diverged_at" not in tags
 
     def listing(path: str | None = None) -> set[str]:
         return {f.path for f in client.list_artifacts(store["run_id"], path)}
@@ -219,6 +220,18 @@ def test_pipeline_run_holds_config_metrics_curves_artifacts_and_lineage(store: d
     assert "validation/data_docs" in listing("validation")
     assert "episodes/manifest.json" in listing("episodes")
     assert "eval/results.md" in listing("eval")
+
+
+def test_a_run_that_stopped_at_a_divergence_is_tagged(tmp_path: Path) -> None:
+    """A model that kept its best-validated weights after its loss blew up (bundle.json
+    ``diverged_at``) carries that on its MLflow run, where the promotion reviewer looks."""
+    lay = fake_stage_outputs(tmp_path)
+    make_bundle(lay.model)
+    meta = json.loads((lay.model / "bundle.json").read_text())
+    (lay.model / "bundle.json").write_text(json.dumps({**meta, "diverged_at": 166}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = log_pipeline_run(Params(), tmp_path, tracking_uri=uri)
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).data.tags["train.diverged_at"] == "166"
 
 
 # -- the model -------------------------------------------------------------------------------

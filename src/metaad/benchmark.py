@@ -260,6 +260,10 @@ class DatasetResult:
     #: method -> "seed N: what went wrong"; a failed method is left out of every table of
     #: this dataset (all its seeds), so no row mixes seeds that ran with seeds that did not.
     failures: dict[str, str] = field(default_factory=dict)
+    #: method -> things a reader of its numbers must know, one line each: a seed whose
+    #: meta-training diverged and stopped at its best validation, a failure in one run that a
+    #: later run on the same episodes replaced (``merge_benchmarks``).
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
 
 def run_dataset(
@@ -283,6 +287,7 @@ def run_dataset(
     fit_s: dict[str, list[float]] = {m: [] for m in cfg.methods}
     eval_s: dict[str, list[float]] = {m: [] for m in cfg.methods}
     failures: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
     for si, seed in enumerate(cfg.seeds):
         path = out_dir / f"episodes_seed{seed}.npz"
         eps, digest = freeze_episodes(
@@ -296,7 +301,7 @@ def run_dataset(
             params = train_params(cfg, prep.protocol, seed, method)
             t0 = time.perf_counter()
             try:
-                det, _, secs = train_method(
+                det, hist, secs = train_method(
                     params, stage_prep, method, progress=progress, hparams=params.train.hparams
                 )
                 t1 = time.perf_counter()
@@ -315,6 +320,11 @@ def run_dataset(
                 log.error("%s seed %s %s failed: %s", prep.name, seed, method, exc)
                 continue
             t2 = time.perf_counter()
+            if hist.diverged_at is not None:
+                notes.setdefault(method, []).append(
+                    f"seed {seed}: meta-training diverged at step {hist.diverged_at} of "
+                    f"{cfg.steps}; the weights of its best validation before that were kept"
+                )
             per.insert(0, "dataset", prep.name)
             per.insert(1, "seed", int(seed))
             per["rep"] = per["rep"] + si * cfg.n_episodes
@@ -351,6 +361,7 @@ def run_dataset(
         eval_seconds=eval_s,
         description=prep.describe(),
         failures=failures,
+        notes={m: n for m, n in notes.items() if m not in failures},
     )
 
 
@@ -481,6 +492,7 @@ def dataset_markdown(res: DatasetResult, shots: Sequence[int]) -> str:
             f"- **{m} failed and is left out of these tables** ({why})."
             for m, why in res.failures.items()
         ),
+        *(f"- {m}, {line}." for m, lines in res.notes.items() for line in lines),
         "",
         "Macro AUPRC (mean ± 95% CI half-width):",
         "",
@@ -631,6 +643,7 @@ def finish_benchmark(
                 "eval_seconds": r.eval_seconds,
                 "families": r.families,
                 "failed_methods": r.failures,
+                "method_notes": r.notes,
                 "results": results_json(
                     r.per_episode.drop(columns=["dataset", "seed"]),
                     r.summary,
@@ -714,7 +727,9 @@ def merge_benchmarks(
     added later) and still be compared on exactly the same episodes. Each run's episode files
     are identified by their sha256 (recorded per dataset and seed): runs whose digests differ
     are refused, as are runs that repeat a method on a dataset or differ in shots, seeds,
-    episodes per seed or the type split. The merged run gets the usual ``results.json``,
+    episodes per seed or the type split. A method that *failed* in one run may finish in
+    another (rerun after a fix): the finished run's numbers count, and the failure is kept
+    as a note beside them. The merged run gets the usual ``results.json``,
     ``results.md``, ``per_episode.csv`` and plots, recomputed from the per-episode rows.
     """
     from metaad.evaluation.plots import plot_auprc_vs_k
@@ -747,20 +762,41 @@ def merge_benchmarks(
     for name, group in parts.items():
         ref_dir, ref, _ = group[0]
         owner: dict[str, Path] = {}
+        failed: dict[str, list[tuple[Path, str]]] = {}
         for d, info, _ in group:
             if info["episodes_sha256"] != ref["episodes_sha256"]:
                 raise DataError(
                     f"{name}: {d} was scored on other episodes than {ref_dir} (the sha256 of "
                     "the frozen episode files differ); rerun it with the same data and settings"
                 )
-            for m in [*info["families"], *info.get("failed_methods", {})]:
+            for m in info["families"]:
                 if m in owner:
                     raise ConfigError(f"{name}: method {m!r} is in both {owner[m]} and {d}")
                 owner[m] = d
+            for m, why in info.get("failed_methods", {}).items():
+                failed.setdefault(m, []).append((d, why))
+        # A method that failed in one run and finished in another (rerun after a fix, on the
+        # same episodes) counts with the finished run's numbers; the failure stays in a note.
+        failures = {m: "; ".join(w for _, w in fs) for m, fs in failed.items() if m not in owner}
+        notes: dict[str, list[str]] = {}
+        for _, info, _ in group:
+            for m, lines in info.get("method_notes", {}).items():
+                notes.setdefault(m, []).extend(lines)
+        for m, fs in failed.items():
+            if m in owner:
+                notes.setdefault(m, []).extend(
+                    f"failed in {d.name} ({why}); these are its rerun's numbers, from "
+                    f"{owner[m].name}, on the same episodes"
+                    for d, why in fs
+                )
         per_episode = pd.concat([p for *_, p in group], ignore_index=True)
 
-        def union(key: str, group=group) -> dict[str, Any]:
-            return {k: v for _, info, _ in group for k, v in info.get(key, {}).items()}
+        def union(key: str, group=group, owner=owner) -> dict[str, Any]:
+            """``key``'s per-method values; a method's own from the run it finished in."""
+            out = {k: v for _, info, _ in group for k, v in info.get(key, {}).items()}
+            for d, info, _ in group:
+                out.update({k: v for k, v in info.get(key, {}).items() if owner.get(k) == d})
+            return out
 
         res = DatasetResult(
             name=name,
@@ -776,7 +812,8 @@ def merge_benchmarks(
             eval_seconds=union("eval_seconds"),
             description=ref["description"],
             report=ref["report"],
-            failures=union("failed_methods"),
+            failures=failures,
+            notes=notes,
         )
         plot_auprc_vs_k(
             res.summary,

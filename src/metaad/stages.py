@@ -359,6 +359,8 @@ def save_trained(
         "split": prep.split.to_dict(),
         "params_digest": params.digest(),
         "train_seconds": secs,
+        # a run that blew up and kept its best-validated weights says so in the bundle
+        **({"diverged_at": hist.diverged_at} if hist.diverged_at is not None else {}),
         **(extra_meta or {}),
     }
     bundle = ModelBundle(det, prep.preprocessor, ref, tr.X[lib_idx], tr.types[lib_idx], meta)

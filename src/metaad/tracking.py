@@ -396,6 +396,11 @@ def log_pipeline_run(
     tags = lineage_tags(root, params, flow_run_id)
     if tags[TAG_GIT_COMMIT] != "unknown":
         tags["mlflow.source.git.commit"] = tags[TAG_GIT_COMMIT]
+    bundle_meta = layout.model / "bundle.json"
+    if bundle_meta.exists():
+        diverged = json.loads(bundle_meta.read_text()).get("diverged_at")
+        if diverged is not None:  # kept its best-validated weights after a blow-up
+            tags["train.diverged_at"] = str(diverged)
     tags.update(extra_tags or {})
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id

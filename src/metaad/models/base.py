@@ -80,6 +80,9 @@ class History:
     """What happened during fit: one record per logged step (loss, optional val metric)."""
 
     records: list[dict[str, float]] = field(default_factory=list)
+    #: The step whose loss was not finite, when training stopped there and kept the weights
+    #: of its best validation instead (``None``: it ran to the end).
+    diverged_at: int | None = None
 
     def log(self, step: int, **values: float) -> None:
         self.records.append({"step": float(step), **{k: float(v) for k, v in values.items()}})

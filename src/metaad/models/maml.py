@@ -550,10 +550,26 @@ class MAML(Detector):
                 loss = loss_fn(X_s, y_s, X_q, y_q, steps=steps_for_shots(shots, self.inner_steps))
             values = {"loss": hooks.loss_value(loss) if hooks else float(loss.detach())}
             if not math.isfinite(values["loss"]):
-                raise MetaADError(
-                    f"{self.name}: meta-training diverged at step {step} (loss "
-                    f"{values['loss']}); lower train.lr or inner_lr"
+                if best_state is None:
+                    raise MetaADError(
+                        f"{self.name}: meta-training diverged at step {step} (loss "
+                        f"{values['loss']}) before any validation; lower train.lr or inner_lr"
+                    )
+                # Early stopping's own logic, applied to a blow-up: the initialisation that
+                # adapted best to the validation types was saved before it, so that one is
+                # kept (the loop ends; every later step would start from NaN weights). Said
+                # loudly and recorded, since it also means the settings are too aggressive.
+                logger.warning(
+                    "%s: meta-training diverged at step %d (loss %s); stopped there and kept "
+                    "the weights with the best validation AUPRC %.4f (lower train.lr or "
+                    "inner_lr to train further)",
+                    self.name,
+                    step,
+                    values["loss"],
+                    best_val,
                 )
+                history.diverged_at = step
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if hooks is not None and hooks.sync_gradients is not None:
@@ -670,9 +686,7 @@ class MAML(Detector):
                 len(ok),
             )
         return float(
-            np.mean(
-                [average_precision_score(y[i], s[i]) if ok[i] else 0.0 for i in range(len(s))]
-            )
+            np.mean([average_precision_score(y[i], s[i]) if ok[i] else 0.0 for i in range(len(s))])
         )
 
     # -- persistence ----------------------------------------------------------------------
