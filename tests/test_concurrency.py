@@ -7,13 +7,17 @@ concurrency limit. The challengers are the same model, so whichever goes second 
 the first: it must be judged against the champion the first one just set and be refused.
 Without the lock both could read "no champion yet", both pass and ``@champion`` would
 move twice. The test also checks that the second really waited for the lock (contention
-happened) and that the two lock spans recorded on the MLflow runs do not overlap.
+happened) and that the two lock spans recorded on the MLflow runs do not overlap. Whoever
+gets the lock first holds it until the other run has reached it, so contention happens
+however the machine schedules the two threads (on a loaded machine the first could
+otherwise finish before the second arrives, and the lock would go untested).
 """
 
 from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ def test_concurrent_promotions_take_turns(
     make_project: Callable[..., Path],
     tiny_overrides: Mapping[str, Any],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from prefect import flow
 
@@ -44,6 +49,23 @@ def test_concurrent_promotions_take_turns(
     from metaad.config import load_params
 
     tp = _flow_module()
+    arrived, both_arrived, count = threading.Lock(), threading.Event(), [0]
+    real_ensure, real_gate = tp.ensure_champion_lock, tp.governance.register_and_gate
+
+    def ensure_and_count() -> None:  # the last call before a run asks for the lock
+        real_ensure()
+        with arrived:
+            count[0] += 1
+            if count[0] == 2:
+                both_arrived.set()
+
+    def gate_once_both_arrived(*args: Any, **kw: Any) -> Any:  # runs under the lock
+        assert both_arrived.wait(timeout=300), "the second promotion never reached the lock"
+        time.sleep(1.5)  # the other run is now queued on the lock
+        return real_gate(*args, **kw)
+
+    monkeypatch.setattr(tp, "ensure_champion_lock", ensure_and_count)
+    monkeypatch.setattr(tp.governance, "register_and_gate", gate_once_both_arrived)
     overrides = {**tiny_overrides, "evaluate.methods": ["lr_sup"]}
     first = make_project(tmp_path / "a")
     params = load_params(first / "params.yaml", overrides)
