@@ -122,6 +122,11 @@ def reference_meta_grad(det: MAML, X_s, y_s, X_q, y_q) -> list[torch.Tensor]:
         for _ in range(det.inner_steps):
             loss = balanced_bce(functional_call(det.model, p, (X_s[b],)), y_s[b])
             g = torch.autograd.grad(loss, [p[k] for k in keys], create_graph=not det.first_order)
+            if det.inner_grad_clip > 0:  # the per-task norm cap, written out
+                norm = torch.sqrt(sum((gk**2).sum() for gk in g))
+                g = tuple(
+                    gk * torch.clamp(det.inner_grad_clip / (norm + 1e-12), max=1.0) for gk in g
+                )
             p = {**p, **{k: p[k] - lrs[k] * gk for k, gk in zip(keys, g, strict=True)}}
             query_losses.append(balanced_bce(functional_call(det.model, p, (X_q[b],)), y_q[b]))
         total = total + (query_losses[-1] if w is None else (w * torch.stack(query_losses)).sum())
@@ -457,6 +462,37 @@ def test_a_loss_that_turns_nan_stops_training_at_the_best_validated_weights(
     blowing_up_at(undone, 3)
     with pytest.raises(MetaADError, match="before any validation"):
         undone.fit(train, replace(cfg, val_every=5), val=test)
+
+
+def test_inner_grad_clip_bounds_each_inner_step_and_keeps_vmap_exact(
+    pools: tuple[Pool, Pool],
+) -> None:
+    """``inner_grad_clip`` caps the norm of every inner step's gradient per task (so one step
+    moves the adapted parameters by at most ``inner_lr * clip``), is used when serving
+    adapts too, and leaves the vmapped meta-gradient equal to the per-task loop."""
+    train, _ = pools
+    det = small("maml", inner_lr=1.0, inner_steps=1, inner_grad_clip=1e-3)
+    X_s, y_s, *_ = task_tensors(train, dtype=torch.float32)
+    init = {k: v.detach().clone() for k, v in det.params().items()}
+
+    def moved(det: MAML) -> float:
+        fast = det.adapt(X_s[0].numpy(), y_s[0].numpy().astype(np.int64)).params
+        return float(torch.sqrt(sum(((fast[k] - init[k]) ** 2).sum() for k in init)))
+
+    assert moved(det) == pytest.approx(1e-3, rel=1e-3)  # the raw gradient is far larger
+    det.hparams["inner_grad_clip"] = 0.0
+    assert moved(det) > 0.05
+    for name in ("maml", "metasgd"):
+        clipped = small(name, inner_grad_clip=0.05).to("cpu", torch.float64)
+        Xs, ys, Xq, yq = task_tensors(train)
+        want = reference_meta_grad(clipped, Xs, ys, Xq, yq)
+        got = torch.autograd.grad(clipped.meta_loss(Xs, ys, Xq, yq), clipped.meta_parameters())
+        assert torch.allclose(flat(list(got)), flat(want), rtol=1e-6, atol=1e-9), name
+        clipped.hparams["inner_grad_clip"] = 0.0  # and the cap was active here
+        free = torch.autograd.grad(clipped.meta_loss(Xs, ys, Xq, yq), clipped.meta_parameters())
+        assert not torch.allclose(flat(list(free)), flat(want), rtol=1e-3), name
+    with pytest.raises(ConfigError, match="inner_grad_clip must be >= 0"):
+        small("maml", inner_grad_clip=-1.0)
 
 
 def test_registry_names() -> None:

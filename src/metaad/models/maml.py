@@ -153,6 +153,7 @@ def adapt(
     adapt_keys: Sequence[str] | None = None,
     pos_weight: float = 1.0,
     trajectory: list[Params] | None = None,
+    max_grad_norm: float = 0.0,
 ) -> Params:
     """``steps`` gradient steps of :func:`balanced_bce` on one support set; returns new params.
 
@@ -164,6 +165,9 @@ def adapt(
     it); otherwise the outer gradient flows through it (second order). ``adapt_keys`` limits
     adaptation to some parameters (ANIL: the head); the others are used as given.
     ``trajectory``, when given, receives the parameters after each step (the multi-step loss).
+    ``max_grad_norm > 0`` rescales each step's support gradient (all adapted tensors together)
+    to at most that norm, per task, so a sharp initialisation meeting extreme inputs cannot
+    take a huge inner step (written as a clamp, no branch, so it runs under ``vmap``).
     """
     keys = list(params) if adapt_keys is None else list(adapt_keys)
     current: Params = dict(params)
@@ -179,6 +183,10 @@ def adapt(
             fast = {k: v.detach() for k, v in fast.items()}
             fixed = {k: v.detach() for k, v in fixed.items()}
         grads = grad(support_loss)(fast, fixed)
+        if max_grad_norm > 0:
+            norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+            scale = torch.clamp(max_grad_norm / (norm + 1e-12), max=1.0)
+            grads = {k: g * scale for k, g in grads.items()}
         current = {**current, **{k: current[k] - inner_lrs[k] * grads[k] for k in keys}}
         if trajectory is not None:
             trajectory.append(current)
@@ -199,6 +207,7 @@ def query_loss(
     adapt_keys: Sequence[str] | None = None,
     step_weights: Tensor | None = None,
     pos_weight: float = 1.0,
+    max_grad_norm: float = 0.0,
 ) -> Tensor:
     """One task's outer loss: adapt on the support, then :func:`balanced_bce` on the query.
 
@@ -217,6 +226,7 @@ def query_loss(
         adapt_keys=adapt_keys,
         pos_weight=pos_weight,
         trajectory=trajectory,
+        max_grad_norm=max_grad_norm,
     )
     if trajectory is None:
         return balanced_bce(functional_call(model, fast, (X_q,)), y_q, pos_weight)
@@ -246,6 +256,7 @@ def meta_loss(
     step_weights: Tensor | None = None,
     pos_weight: float = 1.0,
     vectorize: bool = True,
+    max_grad_norm: float = 0.0,
 ) -> Tensor:
     """Mean :func:`query_loss` over a task batch (``X_s``: ``(B, S, ...)``; ``X_q`` likewise).
 
@@ -267,6 +278,7 @@ def meta_loss(
             adapt_keys=adapt_keys,
             step_weights=step_weights,
             pos_weight=pos_weight,
+            max_grad_norm=max_grad_norm,
         )
 
     if vectorize:
@@ -334,6 +346,7 @@ class MAML(Detector):
         inner_steps: int = 5,
         eval_inner_steps: int | None = None,
         grad_clip: float = 1.0,
+        inner_grad_clip: float = 0.0,
         seed: int = 0,
     ) -> None:
         if inner_lr <= 0:
@@ -346,6 +359,10 @@ class MAML(Detector):
             )
         if grad_clip < 0:
             raise ConfigError(f"{self.name}: grad_clip must be >= 0 (0 = off), got {grad_clip}")
+        if not inner_grad_clip >= 0:
+            raise ConfigError(
+                f"{self.name}: inner_grad_clip must be >= 0 (0 = off), got {inner_grad_clip}"
+            )
         super().__init__(
             input_shape,
             hidden=[int(h) for h in hidden],
@@ -354,6 +371,7 @@ class MAML(Detector):
             inner_steps=int(inner_steps),
             eval_inner_steps=None if eval_inner_steps is None else int(eval_inner_steps),
             grad_clip=float(grad_clip),
+            inner_grad_clip=float(inner_grad_clip),
             seed=int(seed),
         )
         with torch.random.fork_rng(devices=[]):
@@ -374,6 +392,11 @@ class MAML(Detector):
     @property
     def inner_steps(self) -> int:
         return int(self.hparams["inner_steps"])
+
+    @property
+    def inner_grad_clip(self) -> float:
+        """Largest inner-step gradient norm per task (0 = off; saved configs without it)."""
+        return float(self.hparams["inner_grad_clip"])
 
     @property
     def eval_inner_steps(self) -> int:
@@ -447,6 +470,7 @@ class MAML(Detector):
             adapt_keys=self.adapt_keys,
             step_weights=self.step_weights() if steps is None or steps > 0 else None,
             vectorize=vectorize,
+            max_grad_norm=self.inner_grad_clip,
         )
 
     def compiled_meta_loss(self) -> Callable[..., Tensor]:
@@ -631,6 +655,7 @@ class MAML(Detector):
                 steps=steps,
                 first_order=True,
                 adapt_keys=self.adapt_keys,
+                max_grad_norm=self.inner_grad_clip,
             )
         # Clone: unadapted entries would otherwise alias the live initialisation.
         return MAMLAdapted(self, {k: v.detach().clone() for k, v in fast.items()})
@@ -668,6 +693,7 @@ class MAML(Detector):
                 steps=steps,
                 first_order=True,
                 adapt_keys=self.adapt_keys,
+                max_grad_norm=self.inner_grad_clip,
             )
             return functional_call(self.model, fast, (xq,))
 
