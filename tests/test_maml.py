@@ -91,6 +91,15 @@ def small(name: str, input_shape: tuple[int, ...] = (8,), **kw: object) -> MAML:
     return MAML_MODELS[name](input_shape, **{"hidden": (16, 16), "out_dim": 8, **kw})
 
 
+def tiny_fit(steps: int, shots: tuple[int, ...], **kw: object) -> FitConfig:
+    """A few CPU steps on small tasks: for tests of the loop's bookkeeping, not of learning."""
+    base: dict[str, object] = {
+        "meta_batch": 2, "n_support_normal": 8, "n_query_normal": 8, "n_query_anomaly": 4,
+        "device": "cpu",
+    }  # fmt: skip
+    return FitConfig(steps=steps, shots=shots, **{**base, **kw})  # type: ignore[arg-type]
+
+
 def task_tensors(
     pool: Pool, batch: int = 4, shots: int = 3, dtype: torch.dtype = torch.float64
 ) -> tuple[torch.Tensor, ...]:
@@ -257,18 +266,7 @@ def test_variant_learns_and_transfers(name: str, pools: tuple[Pool, Pool]) -> No
 def test_save_load_round_trip_is_exact(name: str, pools: tuple[Pool, Pool], tmp_path) -> None:
     train, test = pools
     det = small(name)
-    det.fit(
-        train,
-        FitConfig(
-            steps=3,
-            meta_batch=2,
-            shots=(2,),
-            n_support_normal=8,
-            n_query_normal=8,
-            n_query_anomaly=4,
-            device="cpu",
-        ),
-    )
+    det.fit(train, tiny_fit(3, (2,)))
     det.save(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["name"] == name and config["input_shape"] == [8]
@@ -391,16 +389,7 @@ def test_validation_and_callback(pools: tuple[Pool, Pool]) -> None:
     train, test = pools
     seen: list[tuple[int, dict[str, float]]] = []
     det = small("metasgd")
-    cfg = FitConfig(
-        steps=4,
-        meta_batch=2,
-        shots=(0, 3),
-        n_support_normal=8,
-        n_query_normal=8,
-        n_query_anomaly=4,
-        device="cpu",
-        val_every=2,
-    )
+    cfg = tiny_fit(4, (0, 3), val_every=2)
     history = det.fit(train, cfg, val=test, callback=lambda s, v: seen.append((s, v)))
     assert [s for s, _ in seen] == [1, 2, 3, 4]
     steps, vals = history.series("val_auprc")
@@ -416,16 +405,7 @@ def test_a_loss_that_turns_nan_stops_training_at_the_best_validated_weights(
     from metaad.errors import MetaADError
 
     train, test = pools
-    cfg = FitConfig(
-        steps=10,
-        meta_batch=2,
-        shots=(3,),
-        n_support_normal=8,
-        n_query_normal=8,
-        n_query_anomaly=4,
-        device="cpu",
-        val_every=2,
-    )
+    cfg = tiny_fit(10, (3,), val_every=2)
 
     def blowing_up_at(det: MAML, call: int) -> None:
         real, calls = det.meta_loss, []
