@@ -33,6 +33,7 @@ from metaad.benchmark import (
     overall_verdict,
     prepare_dataset,
     run_benchmark,
+    val_selected,
 )
 from metaad.config import BenchmarkConfig
 from metaad.data.schema import LABEL, NORMAL, SOURCE_SPLIT, TYPE
@@ -207,6 +208,55 @@ def test_reports_plots_and_one_mlflow_run(tiny_run: Any) -> None:
     assert {"benchmark/results.json", "benchmark/results.md", "benchmark/plots"} <= names
 
 
+def test_the_meta_learner_picked_on_meta_validation_is_scored_on_the_unseen_types(
+    tiny_run: Any,
+) -> None:
+    """Per seed, the meta-learner with the best meta-val AUPRC is picked (no unseen type
+    looked at) and scored on that seed's episodes; runs without a validation number for every
+    meta-learner and seed get no pick rather than a pick among a subset."""
+    res, uri = tiny_run
+    r = res.per_dataset["blobs"]
+    assert set(r.val_auprc["proto"]) == {3, 4}
+    assert all(0.0 <= v <= 1.0 for v in r.val_auprc["proto"].values())
+    saved = json.loads((res.out_dir / "results.json").read_text())
+    assert saved["datasets"]["blobs"]["val_auprc"]["proto"] == {
+        str(k): v for k, v in r.val_auprc["proto"].items()
+    }
+    head = next(h for h in res.results["headline"] if h["dataset"] == "blobs")
+    chosen = head["val_selected"]
+    assert chosen["picks"] == {"3": "proto", "4": "proto"}  # the only meta-learner
+    best = head["k5"]["best_meta"]
+    assert best["method"] == "proto"
+    assert chosen["auprc"]["k5"] == pytest.approx({k: best[k] for k in ("mean", "lo", "hi")})
+    delta = chosen["k5_delta_vs_best_baseline"]
+    assert delta == pytest.approx(best["mean"] - head["k5"]["best_baseline"]["mean"])
+    md = (res.out_dir / "results.md").read_text()
+    assert "chosen per seed by its meta-validation AUPRC" in md
+    run = MlflowClient(tracking_uri=uri).get_run(res.mlflow_run_id)
+    assert run.data.metrics["blobs.auprc.k5.val_selected.macro"] == pytest.approx(best["mean"])
+
+    # a second meta-learner, better on seed 3's validation and worse on seed 4's
+    per = r.per_episode
+    other = per[per["method"] == "proto"].assign(method="triplet", auprc=lambda d: 1 - d["auprc"])
+    two = replace(
+        r,
+        per_episode=pd.concat([per, other], ignore_index=True),
+        families={**r.families, "triplet": "metric"},
+        val_auprc={**r.val_auprc, "triplet": {3: 1.5, 4: -1.0}},
+    )
+    chosen = val_selected(two)
+    assert chosen is not None and chosen["picks"] == {"3": "triplet", "4": "proto"}
+    want = pd.concat(
+        [other[(other["seed"] == 3)], per[(per["method"] == "proto") & (per["seed"] == 4)]]
+    )
+    k5 = want[want["shots"] == 5]
+    assert chosen["auprc"]["k5"]["mean"] == pytest.approx(k5.groupby("type")["auprc"].mean().mean())
+    tie = replace(two, val_auprc={**two.val_auprc, "triplet": dict(r.val_auprc["proto"])})
+    assert val_selected(tie)["picks"] == {"3": "proto", "4": "proto"}  # ties: first by name
+    gap = replace(two, val_auprc={**two.val_auprc, "triplet": {3: 0.5}})
+    assert val_selected(gap) is None  # triplet has no validation number for seed 4
+
+
 def test_a_method_that_fails_is_reported_and_the_others_still_finish(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -275,6 +325,8 @@ def test_runs_of_different_methods_on_the_same_episodes_merge_into_one_report(
     want = json.loads((whole / "results.json").read_text())["datasets"]["blobs"]["results"]
     got = merged.results["datasets"]["blobs"]["results"]
     assert quality(got) == quality(want) and "iforest" in got["results"]
+    whole_info = json.loads((whole / "results.json").read_text())["datasets"]["blobs"]
+    assert merged.results["datasets"]["blobs"]["val_auprc"] == whole_info["val_auprc"]
     assert merged.results["config"]["methods"] == ["lr_sup", "proto_raw", "iforest"]
     assert (tmp_path / "merged" / "plots" / "auprc_vs_k_blobs.png").stat().st_size > 10_000
     assert "iforest" in (tmp_path / "merged" / "results.md").read_text()

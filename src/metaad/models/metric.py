@@ -923,6 +923,9 @@ def _fixed_val_tasks(val: Pool, cfg: FitConfig) -> list[Any] | None:
     """A few validation task batches drawn once, so validation AUPRC is comparable step to step."""
     rng = np.random.default_rng([cfg.seed, 99])
     shots = max(cfg.shots)
+    # 200 query normals where the val pool has them; a smaller pool (a user's small table)
+    # still validates, with fewer, rather than training without early stopping at all.
+    n_query_normal = max(min(200, len(val.normal_idx) - cfg.n_support_normal), cfg.n_query_normal)
     try:
         return [
             sample_task_batch(
@@ -931,7 +934,7 @@ def _fixed_val_tasks(val: Pool, cfg: FitConfig) -> list[Any] | None:
                 batch_size=8,
                 shots=shots,
                 n_support_normal=cfg.n_support_normal,
-                n_query_normal=200,
+                n_query_normal=n_query_normal,
                 n_query_anomaly=10,
             )
             for _ in range(2)
