@@ -28,11 +28,13 @@ from mlflow import MlflowClient
 from helpers_data import make_blobs_table
 from helpers_procs import import_flow
 from metaad.benchmark import (
+    VAL_EPISODES,
     assign_by_source,
     headline_markdown,
     overall_verdict,
     prepare_dataset,
     run_benchmark,
+    val_episodes,
     val_selected,
 )
 from metaad.config import BenchmarkConfig
@@ -215,7 +217,14 @@ def test_the_meta_learner_picked_on_meta_validation_is_scored_on_the_unseen_type
     looked at) and scored on that seed's episodes; runs without a validation number for every
     meta-learner and seed get no pick rather than a pick among a subset."""
     res, uri = tiny_run
+    # the episodes every meta-learner is validated on: the test protocol, val types, K=5
+    prep = prepare_dataset(blobs_dataset(), shots=TINY.shots, split_seed=TINY.split_seed)
+    ve = val_episodes(prep, seed=3)
+    assert ve is not None and len(ve) == VAL_EPISODES
+    assert {e.type for e in ve} == {"e"} and {e.shots for e in ve} == {5}
+    assert all(set(e.support_idx).isdisjoint(e.query_idx) for e in ve)
     r = res.per_dataset["blobs"]
+    assert set(r.val_auprc) == {"proto"}  # meta-learners only
     assert set(r.val_auprc["proto"]) == {3, 4}
     assert all(0.0 <= v <= 1.0 for v in r.val_auprc["proto"].values())
     saved = json.loads((res.out_dir / "results.json").read_text())

@@ -89,3 +89,17 @@ def test_bad_inputs_raise_clear_errors(method, prepared) -> None:
 
     with pytest.raises(ConfigError):
         create(method, prep.pools["train"].input_shape, hidden="wide")
+
+
+def test_a_small_val_pool_still_gives_the_metric_learner_early_stopping() -> None:
+    """A val pool with fewer than 200 query normals (a user's small table) validates with
+    the normals it has instead of training without early stopping."""
+    from helpers_data import make_pool
+    from metaad.models.base import FitConfig
+
+    pool = make_pool(seed=0)
+    val = make_pool(n_normal=120, types=("e",), n_per_type=60, seed=1)
+    det = create("proto", pool.input_shape)
+    cfg = FitConfig(steps=4, meta_batch=2, shots=(1, 5), n_support_normal=20, val_every=2)
+    steps, vals = det.fit(pool, cfg, val=val).series("val_auprc")
+    assert steps == [2, 4] and all(0.0 <= v <= 1.0 for v in vals)

@@ -226,6 +226,39 @@ def freeze_episodes(
     return EpisodeSet.load(path, prep.pools["test"]), sha256_of(path)
 
 
+#: Meta-validation episodes per val type, at K = HEADLINE_K, for picking a meta-learner.
+VAL_EPISODES = 16
+
+
+def val_episodes(prep: PreparedDataset, *, seed: int) -> EpisodeSet | None:
+    """The seed's meta-validation episodes: the test protocol on the val pool, at K=5.
+
+    Every meta-learner is scored on these same episodes, so their numbers compare (the
+    validation each learner runs while fitting does not: the metric and MAML families draw
+    their own tasks with other query sizes, and AUPRC depends on the anomaly fraction).
+    Val types too small for an episode are left out; ``None`` when none is left or the val
+    pool lacks normals, and then no meta-learner is picked.
+    """
+    pool = prep.pools.get("val")
+    p = prep.protocol
+    if pool is None or len(pool.normal_idx) < p.n_support_normal + p.n_query_normal:
+        return None
+    need = HEADLINE_K + query_anomalies(p)
+    types = [t for t in pool.anomaly_types if len(pool.type_index[t]) >= need]
+    if not types:
+        return None
+    return build_eval_episodes(
+        pool,
+        shots=(HEADLINE_K,),
+        n_episodes=VAL_EPISODES,
+        n_support_normal=p.n_support_normal,
+        n_query_normal=p.n_query_normal,
+        contamination=p.contamination,
+        seed=seed,
+        types=types,
+    )
+
+
 # -- running ---------------------------------------------------------------------------------
 def train_params(cfg: BenchmarkConfig, protocol: Protocol, seed: int, method: str) -> Params:
     """The training settings of one (method, seed): the pipeline's Params, benchmark values."""
@@ -264,9 +297,9 @@ class DatasetResult:
     #: meta-training diverged and stopped at its best validation, a failure in one run that a
     #: later run on the same episodes replaced (``merge_benchmarks``).
     notes: dict[str, list[str]] = field(default_factory=dict)
-    #: method -> seed -> the best meta-validation AUPRC seen while fitting (for the metric and
-    #: MAML learners, the AUPRC of the weights they keep), measured on the meta-val types,
-    #: never on the unseen ones; :func:`val_selected` picks a meta-learner per seed by it.
+    #: meta-learner -> seed -> its macro AUPRC on the seed's meta-validation episodes
+    #: (:func:`val_episodes`: the val types, never the unseen ones); :func:`val_selected`
+    #: picks a meta-learner per seed by it.
     val_auprc: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
@@ -299,6 +332,7 @@ def run_dataset(
             prep, seed=seed, shots=cfg.shots, n_episodes=cfg.n_episodes, path=path
         )
         digests[int(seed)] = digest
+        val_eps = val_episodes(prep, seed=seed)
         stage_prep = Prepared(prep.split, prep.preprocessor, prep.pools, eps, prep.window)
         for method in cfg.methods:
             if method in failures:
@@ -337,9 +371,20 @@ def run_dataset(
             seen[method][int(seed)] = digest
             fit_s[method].append(round(secs, 3))
             eval_s[method].append(round(t2 - t1, 3))
-            vals = [v for v in hist.series("val_auprc")[1] if np.isfinite(v)]
-            if vals:
-                val_auprc.setdefault(method, {})[int(seed)] = round(max(vals), 6)
+            if val_eps is not None and families[method] in ("metric", "maml"):
+                try:
+                    vper = evaluate_detector(
+                        det, prep.pools["val"], val_eps, method=method, shots=(HEADLINE_K,)
+                    )
+                    v = float(vper.groupby("type")["auprc"].mean().mean())
+                    if not np.isfinite(v):
+                        raise ValueError(f"macro AUPRC {v}")
+                    val_auprc.setdefault(method, {})[int(seed)] = round(v, 6)
+                except (MetaADError, ValueError, FloatingPointError, RuntimeError) as exc:
+                    # its test numbers stand; without a val number no meta-learner is picked
+                    notes.setdefault(method, []).append(
+                        f"seed {seed}: scoring its meta-validation episodes failed ({exc})"
+                    )
             k5 = per.loc[per["shots"] == HEADLINE_K, "auprc"]
             log.info(
                 "%s seed %s %s: fit %.1fs, eval %.1fs, AUPRC@K=%d %.3f",
@@ -393,9 +438,10 @@ def val_selected(res: DatasetResult) -> dict[str, Any] | None:
     The headline's "best meta-learner" is the best of all of them *on the unseen types*,
     which flatters the meta-learners: picking the maximum of nine noisy means is itself a
     fit to the evaluation set. Here the pick is made per seed on what a user has before any
-    unseen type arrives, each meta-learner's meta-validation AUPRC (the val types, disjoint
-    from train and test types), ties broken by name; the unseen-type numbers are those of
-    the picked method on that seed's frozen episodes, pooled over seeds like any method's.
+    unseen type arrives, each meta-learner's AUPRC on the same meta-validation episodes
+    (:func:`val_episodes`; val types, disjoint from train and test types), ties by name;
+    the unseen-type numbers are those of the picked method on that seed's frozen episodes,
+    pooled over seeds like any method's.
 
     ``None`` when some meta-learner of the table has no validation number for some seed (a
     run from before this was recorded, or a dataset without meta-val types): a pick among a
