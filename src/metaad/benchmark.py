@@ -14,6 +14,10 @@ a macro interval spans episode draws and training seeds. Outputs: ``results.json
 ``results.md`` (tables with intervals and the headline checks of issue 4), ``per_episode.csv``
 and one ``auprc_vs_k_<dataset>.png`` per dataset; optionally one MLflow run holding all of it.
 
+Beside the best meta-learner on the unseen types (a best-of-many, which flatters), every run
+reports the one a user would have picked without looking: per seed, the meta-learner with the
+highest AUPRC on the same meta-validation episodes (:func:`val_episodes`, :func:`val_selected`).
+
 Nothing here knows about Prefect or Typer: ``flows/benchmark.py`` and ``metaad benchmark``
 are thin shells over :func:`run_benchmark`.
 """
