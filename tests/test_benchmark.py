@@ -30,6 +30,7 @@ from helpers_procs import import_flow
 from metaad.benchmark import (
     VAL_EPISODES,
     assign_by_source,
+    headline,
     headline_markdown,
     overall_verdict,
     prepare_dataset,
@@ -266,6 +267,29 @@ def test_the_meta_learner_picked_on_meta_validation_is_scored_on_the_unseen_type
     assert val_selected(gap) is None  # triplet has no validation number for seed 4
 
 
+def test_one_label_is_held_against_the_stronger_boosted_classifier_at_ten(tiny_run: Any) -> None:
+    """The K=1 check's bar is the stronger of hgb_sup and catboost at K=10, by name."""
+    from metaad.evaluation.runner import summarise
+
+    res, _ = tiny_run
+    r = res.per_dataset["blobs"]
+    per = r.per_episode
+    hgb10 = per[(per["method"] == "hgb_sup") & (per["shots"] == 5)].assign(shots=10)
+    for lift, want in ((0.01, "catboost"), (-0.01, "hgb_sup")):
+        cat10 = hgb10.assign(method="catboost", auprc=(hgb10["auprc"] + lift).clip(0, 1))
+        rows = pd.concat([per, hgb10, cat10], ignore_index=True)
+        two = replace(
+            r,
+            per_episode=rows,
+            summary=summarise(rows.drop(columns=["dataset", "seed"])),
+            families={**r.families, "catboost": "baseline"},
+        )
+        check = headline(two)["k1_vs_gbm_k10"]
+        assert check["gbm_k10"]["method"] == want
+        k1 = check["best_meta_k1"]["mean"]
+        assert check["meta_wins"] == (k1 > check["gbm_k10"]["mean"])
+
+
 def test_a_method_that_fails_is_reported_and_the_others_still_finish(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -435,7 +459,7 @@ def _head(name: str, meta: float, base: float, half: float, k1: float, gbm10: fl
         },
         "k1_vs_gbm_k10": {
             "best_meta_k1": iv("proto", k1),
-            "hgb_sup_k10": iv("hgb_sup", gbm10),
+            "gbm_k10": iv("hgb_sup", gbm10),
             "meta_wins": k1 > gbm10,
         },
     }

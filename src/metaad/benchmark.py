@@ -53,7 +53,11 @@ log = logging.getLogger(__name__)
 TRAIN_SHOTS: tuple[int, ...] = (1, 5, 10)
 #: The K of the headline comparison, and the pair of the "one label vs ten" check.
 HEADLINE_K = 5
-ONE_SHOT_K, TEN_SHOT_K, TEN_SHOT_METHOD = 1, 10, "hgb_sup"
+ONE_SHOT_K, TEN_SHOT_K = 1, 10
+#: The gradient-boosted classifiers of the "one label vs ten" check; the stronger of those
+#: present at K=10 is the bar (hgb_sup alone was the bar before catboost ran, and on SKAB and
+#: Sparkov catboost at K=10 is the stronger).
+GBM_METHODS: tuple[str, ...] = ("hgb_sup", "catboost")
 #: The margin the best meta-learner must beat the best baseline by (issue 4).
 WIN_MARGIN = 0.05
 
@@ -507,18 +511,23 @@ def headline(res: DatasetResult) -> dict[str, Any]:
             k5["mean"] - base["mean"] if k5 is not None and base is not None else None
         )
         out["val_selected"] = chosen
-    if ONE_SHOT_K in shots and TEN_SHOT_K in shots and TEN_SHOT_METHOD in res.families:
+    gbms = [
+        (m, iv)
+        for m in GBM_METHODS
+        if m in res.families and (iv := _macro(res.summary, m, TEN_SHOT_K)) is not None
+    ]
+    if ONE_SHOT_K in shots and gbms:
         metas = [m for m, f in res.families.items() if f in ("metric", "maml")]
         best1 = max(
             ((m, _macro(res.summary, m, ONE_SHOT_K)) for m in metas),
             key=lambda x: -1.0 if x[1] is None else x[1]["mean"],
             default=(None, None),
         )
-        ten = _macro(res.summary, TEN_SHOT_METHOD, TEN_SHOT_K)
-        if best1[1] is not None and ten is not None:
+        gbm, ten = max(gbms, key=lambda x: (x[1]["mean"], x[0]))
+        if best1[1] is not None:
             out["k1_vs_gbm_k10"] = {
                 "best_meta_k1": {"method": best1[0], **best1[1]},
-                f"{TEN_SHOT_METHOD}_k10": ten,
+                "gbm_k10": {"method": gbm, **ten},
                 "meta_wins": bool(best1[1]["mean"] > ten["mean"]),
             }
     return out
@@ -622,7 +631,7 @@ def headline_markdown(heads: Sequence[Mapping[str, Any]], verdict: Mapping[str, 
     rows = [
         f"| dataset | best meta-learner K={HEADLINE_K} | best baseline K={HEADLINE_K} | delta | "
         f"meta best overall and +{WIN_MARGIN} | meta >= baseline CI low | best meta K=1 | "
-        f"{TEN_SHOT_METHOD} K=10 | K=1 meta wins |",
+        "best GBM K=10 | K=1 meta wins |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for h in heads:
@@ -640,7 +649,7 @@ def headline_markdown(heads: Sequence[Mapping[str, Any]], verdict: Mapping[str, 
                     str(k5.get("meta_is_best_overall", False) and k5.get("meta_wins_by_margin")),
                     str(k5.get("meta_within_baseline_ci", "–")),
                     f"{k1['best_meta_k1']['method']} {_fmt(k1['best_meta_k1'])}" if k1 else "–",
-                    _fmt(k1.get(f"{TEN_SHOT_METHOD}_k10")) if k1 else "–",
+                    f"{k1['gbm_k10']['method']} {_fmt(k1['gbm_k10'])}" if k1 else "–",
                     str(k1.get("meta_wins", "–")),
                 ]
             )
@@ -672,7 +681,8 @@ def headline_markdown(heads: Sequence[Mapping[str, Any]], verdict: Mapping[str, 
         f"- K={HEADLINE_K} claim (best meta-learner highest and +{WIN_MARGIN} on >= 3 of 4, within "
         f"the CI on the rest): **{'holds' if verdict['k5_claim_holds'] else 'does not hold'}** "
         f"(wins on {verdict['k5_meta_wins_by_margin_on'] or 'none'}).",
-        f"- K=1 claim (best meta-learner at K=1 above {TEN_SHOT_METHOD} at K=10 on >= 2): "
+        f"- K=1 claim (best meta-learner at K=1 above the stronger of {', '.join(GBM_METHODS)} "
+        "at K=10 on >= 2): "
         f"**{'holds' if verdict['k1_claim_holds'] else 'does not hold'}** "
         f"(on {verdict['k1_beats_gbm_k10_on'] or 'none'}).",
     ]
