@@ -33,6 +33,7 @@ from metaad.benchmark import (
     headline,
     headline_markdown,
     overall_verdict,
+    paired_margin,
     prepare_dataset,
     run_benchmark,
     val_episodes,
@@ -267,6 +268,47 @@ def test_the_meta_learner_picked_on_meta_validation_is_scored_on_the_unseen_type
     assert val_selected(gap) is None  # triplet has no validation number for seed 4
 
 
+def test_the_k5_margin_carries_a_paired_interval_over_the_same_episodes(tiny_run: Any) -> None:
+    """The headline's delta (best meta-learner minus best baseline at K=5) comes with a
+    paired 95% CI over the shared episodes: its mean is the delta, it is in results.md and
+    MLflow, and a method that is better by the same amount on every episode has a zero-width
+    interval even where the two methods' own intervals overlap."""
+    res, uri = tiny_run
+    head = next(h for h in res.results["headline"] if h["dataset"] == "blobs")
+    k5 = head["k5"]
+    paired = k5["delta_paired"]
+    assert paired["mean"] == pytest.approx(k5["delta"])
+    assert paired["lo"] <= paired["mean"] <= paired["hi"]
+    assert paired["n_episodes"] == 2 * 2 * 2  # 2 types x 2 episodes x 2 seeds at K=5
+    vs = head["val_selected"]["k5_delta_paired"]
+    assert vs["mean"] == pytest.approx(head["val_selected"]["k5_delta_vs_best_baseline"])
+    md = (res.out_dir / "results.md").read_text()
+    assert "paired 95% CI" in md
+    assert f"[{paired['lo']:+.3f}, {paired['hi']:+.3f}]" in md
+    run = MlflowClient(tracking_uri=uri).get_run(res.mlflow_run_id)
+    assert run.data.metrics["blobs.k5_delta_paired.lo"] == pytest.approx(paired["lo"])
+
+    per = res.per_dataset["blobs"].per_episode
+    base = per[per["method"] == "iforest"]
+    assert base.loc[base["shots"] == 5, "auprc"].std() > 0.01
+    # noisy per episode (so each method's own interval is wide), but exactly +0.05 each time
+    better = base.assign(method="shifted", auprc=base["auprc"] + 0.05)
+    got = paired_margin(per, better, "iforest", 5)
+    assert got is not None
+    assert got["mean"] == pytest.approx(0.05)
+    assert got["lo"] == pytest.approx(0.05) and got["hi"] == pytest.approx(0.05)
+    # the two methods' own intervals overlap, so overlap alone would have called it a tie
+    from metaad.evaluation.runner import MACRO, summarise
+
+    both = summarise(pd.concat([base, better]).drop(columns=["dataset", "seed"]))
+    m = both[(both["type"] == MACRO) & (both["shots"] == 5)].set_index("method")
+    assert m.loc["shifted", "auprc_lo"] < m.loc["iforest", "auprc_hi"]
+    # not the same episodes: no paired interval, rather than a wrong one
+    assert paired_margin(per, better[better["seed"] == 3], "iforest", 5) is None
+    moved = better.assign(rep=better["rep"] + 100)
+    assert paired_margin(per, moved, "iforest", 5) is None
+
+
 def test_one_label_is_held_against_the_stronger_boosted_classifier_at_ten(tiny_run: Any) -> None:
     """The K=1 check's bar is the stronger of hgb_sup and catboost at K=10, by name."""
     from metaad.evaluation.runner import summarise
@@ -331,7 +373,8 @@ def test_runs_of_different_methods_on_the_same_episodes_merge_into_one_report(
     tmp_path: Path,
 ) -> None:
     """Methods run as separate jobs give the report one run of all of them gives; runs on
-    other episodes, other seeds, or repeating a method are refused by name."""
+    other episodes or other seeds, or repeating a method with other numbers, are refused by
+    name; a run that reproduces a method exactly joins with a note."""
     from metaad.benchmark import merge_benchmarks
     from metaad.errors import ConfigError, DataError
 
@@ -368,8 +411,24 @@ def test_runs_of_different_methods_on_the_same_episodes_merge_into_one_report(
         merge_benchmarks([a, run("other_data", ("iforest",), data_seed=1)], tmp_path / "x")
     with pytest.raises(ConfigError, match=r"benchmark\.seeds"):
         merge_benchmarks([a, run("other_seeds", ("iforest",), seeds=(3,))], tmp_path / "x")
-    with pytest.raises(ConfigError, match="'lr_sup' is in both"):
-        merge_benchmarks([a, whole], tmp_path / "x")
+    # a method in two runs joins once when it is a reproduction (every per-episode metric
+    # equal), with a note; any difference is refused
+    again = merge_benchmarks([a, whole], tmp_path / "again")
+    assert quality(again.results["datasets"]["blobs"]["results"]) == quality(want)
+    notes = again.results["datasets"]["blobs"]["method_notes"]
+    assert any("reproduced exactly by whole" in n for n in notes["lr_sup"])
+    assert len(again.per_dataset["blobs"].per_episode) == len(
+        pd.read_csv(whole / "per_episode.csv")
+    )
+    import shutil
+
+    changed = tmp_path / "changed"
+    shutil.copytree(whole, changed)
+    per = pd.read_csv(changed / "per_episode.csv")
+    per.loc[per.index[per["method"] == "lr_sup"][0], "auprc"] -= 0.25
+    per.to_csv(changed / "per_episode.csv", index=False)
+    with pytest.raises(ConfigError, match=r"'lr_sup' is in both .*largest difference 0\.25"):
+        merge_benchmarks([a, changed], tmp_path / "x")
 
 
 def test_a_failed_method_rerun_on_the_same_episodes_replaces_its_failure_in_the_merge(
@@ -377,7 +436,7 @@ def test_a_failed_method_rerun_on_the_same_episodes_replaces_its_failure_in_the_
 ) -> None:
     """proto fails in run a (seed 4); run b, after the fix, reruns it on the same episodes and
     one of its seeds stopped at a divergence. The merge counts b's numbers, keeps a's failure
-    and b's divergence as notes beside them, and still refuses a method finished twice."""
+    and b's divergence as notes beside them, and refuses a run given twice."""
     import metaad.stages as stages
     from metaad.benchmark import merge_benchmarks
     from metaad.errors import ConfigError, MetaADError
@@ -421,7 +480,7 @@ def test_a_failed_method_rerun_on_the_same_episodes_replaces_its_failure_in_the_
     assert "failed in a (seed 4: MetaADError" in notes[1] and "rerun's numbers, from b" in notes[1]
     md = (tmp_path / "m" / "results.md").read_text()
     assert "- proto, failed in a (seed 4" in md and "failed and is left out" not in md
-    with pytest.raises(ConfigError, match="'proto' is in both"):
+    with pytest.raises(ConfigError, match="is given twice"):
         merge_benchmarks([a.out_dir, b.out_dir, b.out_dir], tmp_path / "x")
 
 

@@ -440,6 +440,37 @@ def _macro(summary: pd.DataFrame, method: str, k: int) -> dict[str, float] | Non
     return {"mean": float(r["auprc_mean"]), "lo": float(r["auprc_lo"]), "hi": float(r["auprc_hi"])}
 
 
+def paired_margin(
+    per_episode: pd.DataFrame, challenger: pd.DataFrame, champion: str, k: int
+) -> dict[str, Any] | None:
+    """Macro AUPRC of ``challenger`` minus ``champion``'s at ``k``, with a paired 95% CI.
+
+    Both were scored on the same frozen episodes, so the difference is taken episode by
+    episode (matched on seed, type and repetition) and resampled within each type
+    (:func:`metaad.evaluation.metrics.paired_bootstrap`): the episodes' shared difficulty
+    cancels, which two separate intervals count twice. Two separate intervals that overlap
+    do not say the methods tie, and a margin such as issue 4's +0.05 is a statement about the
+    difference, so this is the interval to read it against.
+
+    ``challenger`` is a frame of per-episode rows (one method's, or the per-seed picks of
+    :func:`val_selected`); ``None`` when the two do not share every episode at ``k``.
+    """
+    from metaad.evaluation.metrics import paired_bootstrap
+
+    key = ["seed", "type", "rep"]
+    a = per_episode[(per_episode["method"] == champion) & (per_episode["shots"] == k)]
+    b = challenger[challenger["shots"] == k]
+    if a.empty or b.empty or len(a) != len(b):
+        return None
+    a, b = a.set_index(key)["auprc"].sort_index(), b.set_index(key)["auprc"].sort_index()
+    if not a.index.equals(b.index):
+        return None
+    mean, lo, hi = paired_bootstrap(
+        a.to_numpy(), b.to_numpy(), strata=a.index.get_level_values("type").to_numpy()
+    )
+    return {"mean": mean, "lo": lo, "hi": hi, "n_episodes": len(a)}
+
+
 def val_selected(res: DatasetResult) -> dict[str, Any] | None:
     """The meta-learner a user would deploy without looking at the unseen types, and its score.
 
@@ -464,11 +495,7 @@ def val_selected(res: DatasetResult) -> dict[str, Any] | None:
     picks = {
         seed: min(metas, key=lambda m, seed=seed: (-res.val_auprc[m][seed], m)) for seed in seeds
     }
-    per = res.per_episode
-    rows = pd.concat(
-        [per[(per["method"] == m) & (per["seed"] == seed)] for seed, m in picks.items()],
-        ignore_index=True,
-    ).assign(method="val_selected")
+    rows = picked_rows(res.per_episode, picks)
     summary = summarise(rows.drop(columns=["dataset", "seed"]))
     return {
         "picks": {str(seed): m for seed, m in picks.items()},
@@ -478,6 +505,15 @@ def val_selected(res: DatasetResult) -> dict[str, Any] | None:
             for k in sorted(summary["shots"].unique())
         },
     }
+
+
+def picked_rows(per_episode: pd.DataFrame, picks: Mapping[Any, str]) -> pd.DataFrame:
+    """The per-episode rows of the method picked for each seed, named ``val_selected``."""
+    per = per_episode
+    return pd.concat(
+        [per[(per["method"] == m) & (per["seed"] == int(seed))] for seed, m in picks.items()],
+        ignore_index=True,
+    ).assign(method="val_selected")
 
 
 def headline(res: DatasetResult) -> dict[str, Any]:
@@ -491,10 +527,18 @@ def headline(res: DatasetResult) -> dict[str, Any]:
         macro = res.summary[(res.summary["type"] == MACRO) & (res.summary["shots"] == HEADLINE_K)]
         top = macro.sort_values(["auprc_mean", "method"], ascending=[False, True]).iloc[0]
         meta, base = b["meta"], b["baseline"]
+        per = res.per_episode
+        paired = (
+            paired_margin(per, per[per["method"] == meta["method"]], base["method"], HEADLINE_K)
+            if meta is not None and base is not None
+            else None
+        )
         out["k5"] = {
             "best_meta": meta,
             "best_baseline": base,
             "delta": b["delta"],
+            # the same delta, episode by episode, with its paired 95% CI (paired_margin)
+            "delta_paired": paired,
             "intervals_overlap": b["overlap"],
             "meta_is_best_overall": bool(meta is not None and top["method"] == meta["method"]),
             "meta_wins_by_margin": bool(b["delta"] is not None and b["delta"] >= WIN_MARGIN),
@@ -509,6 +553,16 @@ def headline(res: DatasetResult) -> dict[str, Any]:
         k5 = chosen["auprc"].get(f"k{HEADLINE_K}")
         chosen["k5_delta_vs_best_baseline"] = (
             k5["mean"] - base["mean"] if k5 is not None and base is not None else None
+        )
+        chosen["k5_delta_paired"] = (
+            paired_margin(
+                res.per_episode,
+                picked_rows(res.per_episode, chosen["picks"]),
+                base["method"],
+                HEADLINE_K,
+            )
+            if base is not None
+            else None
         )
         out["val_selected"] = chosen
     gbms = [
@@ -579,6 +633,15 @@ def _fmt(iv: Mapping[str, float] | None) -> str:
     return f"{iv['mean']:.3f} ± {(iv['hi'] - iv['lo']) / 2:.3f}"
 
 
+def _fmt_delta(delta: float | None, paired: Mapping[str, float] | None) -> str:
+    """``+0.013 [-0.004, +0.030]``: a delta and, when there is one, its paired 95% CI."""
+    if delta is None:
+        return "–"
+    if paired is None:
+        return f"{delta:+.3f}"
+    return f"{delta:+.3f} [{paired['lo']:+.3f}, {paired['hi']:+.3f}]"
+
+
 def dataset_markdown(res: DatasetResult, shots: Sequence[int]) -> str:
     from metaad.evaluation.report import markdown_table, per_type_table
 
@@ -629,7 +692,8 @@ def dataset_markdown(res: DatasetResult, shots: Sequence[int]) -> str:
 
 def headline_markdown(heads: Sequence[Mapping[str, Any]], verdict: Mapping[str, Any]) -> str:
     rows = [
-        f"| dataset | best meta-learner K={HEADLINE_K} | best baseline K={HEADLINE_K} | delta | "
+        f"| dataset | best meta-learner K={HEADLINE_K} | best baseline K={HEADLINE_K} | "
+        "delta [paired 95% CI] | "
         f"meta best overall and +{WIN_MARGIN} | meta >= baseline CI low | best meta K=1 | "
         "best GBM K=10 | K=1 meta wins |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -645,7 +709,7 @@ def headline_markdown(heads: Sequence[Mapping[str, Any]], verdict: Mapping[str, 
                     h["dataset"],
                     f"{m['method']} {_fmt(m)}" if m else "–",
                     f"{b['method']} {_fmt(b)}" if b else "–",
-                    f"{k5['delta']:+.3f}" if k5.get("delta") is not None else "–",
+                    _fmt_delta(k5.get("delta"), k5.get("delta_paired")),
                     str(k5.get("meta_is_best_overall", False) and k5.get("meta_wins_by_margin")),
                     str(k5.get("meta_within_baseline_ci", "–")),
                     f"{k1['best_meta_k1']['method']} {_fmt(k1['best_meta_k1'])}" if k1 else "–",
@@ -663,7 +727,7 @@ def headline_markdown(heads: Sequence[Mapping[str, Any]], verdict: Mapping[str, 
             "unseen type looked at), scored on the same episodes:",
             "",
             f"| dataset | picks by seed | K=1 | K={HEADLINE_K} | delta vs best baseline "
-            f"K={HEADLINE_K} |",
+            f"K={HEADLINE_K} [paired 95% CI] |",
             "|---|---|---|---|---|",
         ]
         for h in chosen:
@@ -673,10 +737,14 @@ def headline_markdown(heads: Sequence[Mapping[str, Any]], verdict: Mapping[str, 
                 f"| {h['dataset']} | "
                 + ", ".join(f"{s}: {m}" for s, m in v["picks"].items())
                 + f" | {_fmt(v['auprc'].get('k1'))} | {_fmt(v['auprc'].get(f'k{HEADLINE_K}'))} | "
-                + (f"{d:+.3f}" if d is not None else "–")
+                + _fmt_delta(d, v.get("k5_delta_paired"))
                 + " |"
             )
     rows += [
+        "",
+        "The paired interval is over the same episodes, matched on seed, type and repetition, "
+        "resampled within each type: the uncertainty of the difference itself, which two "
+        "separate intervals that overlap do not give.",
         "",
         f"- K={HEADLINE_K} claim (best meta-learner highest and +{WIN_MARGIN} on >= 3 of 4, within "
         f"the CI on the rest): **{'holds' if verdict['k5_claim_holds'] else 'does not hold'}** "
@@ -864,8 +932,11 @@ def merge_benchmarks(
     So the methods of one benchmark can run as separate jobs (one per machine, or a method
     added later) and still be compared on exactly the same episodes. Each run's episode files
     are identified by their sha256 (recorded per dataset and seed): runs whose digests differ
-    are refused, as are runs that repeat a method on a dataset or differ in shots, seeds,
-    episodes per seed or the type split. A method that *failed* in one run may finish in
+    are refused, as are runs that differ in shots, seeds, episodes per seed or the type
+    split. A method in two runs is accepted only when it is a
+    reproduction (every per-episode metric equal; the first run's rows count, and a note
+    says so), so a rerun that checked a result can join the report that first had it; any
+    difference is refused. A method that *failed* in one run may finish in
     another (rerun after a fix): the finished run's numbers count, and the failure is kept
     as a note beside them. The merged run gets the usual ``results.json``,
     ``results.md``, ``per_episode.csv`` and plots, recomputed from the per-episode rows.
@@ -875,6 +946,11 @@ def merge_benchmarks(
 
     if len(runs) < 2:
         raise ConfigError("merging needs at least two benchmark runs")
+    seen: set[Path] = set()
+    for run in runs:
+        if Path(run).resolve() in seen:
+            raise ConfigError(f"{run} is given twice; each run merges once")
+        seen.add(Path(run).resolve())
     loaded = []
     for run in runs:
         d = Path(run)
@@ -900,6 +976,8 @@ def merge_benchmarks(
     for name, group in parts.items():
         ref_dir, ref, _ = group[0]
         owner: dict[str, Path] = {}
+        reproduced: dict[str, list[Path]] = {}
+        rows_of = {d: q for d, _, q in group}
         failed: dict[str, list[tuple[Path, str]]] = {}
         for d, info, _ in group:
             if info["episodes_sha256"] != ref["episodes_sha256"]:
@@ -909,7 +987,15 @@ def merge_benchmarks(
                 )
             for m in info["families"]:
                 if m in owner:
-                    raise ConfigError(f"{name}: method {m!r} is in both {owner[m]} and {d}")
+                    gap = _largest_difference(rows_of[owner[m]], rows_of[d], m)
+                    if gap != 0.0:
+                        what = "other episodes" if gap is None else f"largest difference {gap:.3g}"
+                        raise ConfigError(
+                            f"{name}: method {m!r} is in both {owner[m]} and {d} with different "
+                            f"numbers ({what}); merge one of them"
+                        )
+                    reproduced.setdefault(m, []).append(d)
+                    continue
                 owner[m] = d
             for m, why in info.get("failed_methods", {}).items():
                 failed.setdefault(m, []).append((d, why))
@@ -917,9 +1003,10 @@ def merge_benchmarks(
         # same episodes) counts with the finished run's numbers; the failure stays in a note.
         failures = {m: "; ".join(w for _, w in fs) for m, fs in failed.items() if m not in owner}
         notes: dict[str, list[str]] = {}
-        for _, info, _ in group:
+        for d, info, _ in group:
             for m, lines in info.get("method_notes", {}).items():
-                notes.setdefault(m, []).extend(lines)
+                if owner.get(m, d) == d:  # a reproduction's notes repeat its first run's
+                    notes.setdefault(m, []).extend(lines)
         for m, fs in failed.items():
             if m in owner:
                 notes.setdefault(m, []).extend(
@@ -927,7 +1014,15 @@ def merge_benchmarks(
                     f"{owner[m].name}, on the same episodes"
                     for d, why in fs
                 )
-        per_episode = pd.concat([p for *_, p in group], ignore_index=True)
+        for m, ds in reproduced.items():
+            notes.setdefault(m, []).extend(
+                f"reproduced exactly by {d.name} (every per-episode metric equal); the numbers "
+                f"are {owner[m].name}'s"
+                for d in ds
+            )
+        per_episode = pd.concat(
+            [q[q["method"].map(owner) == d] for d, _, q in group], ignore_index=True
+        )
 
         def union(key: str, group=group, owner=owner) -> dict[str, Any]:
             """``key``'s per-method values; a method's own from the run it finished in."""
@@ -979,6 +1074,20 @@ def merge_benchmarks(
     )
 
 
+def _largest_difference(a: pd.DataFrame, b: pd.DataFrame, method: str) -> float | None:
+    """Largest absolute difference in any metric between ``method``'s per-episode rows in
+    two runs; ``None`` when they are not the same episodes. Timings are not compared."""
+    from metaad.evaluation.runner import METRICS
+
+    key = ["seed", "type", "shots", "rep"]
+    cols = [c for c in METRICS if c in a.columns and c in b.columns]
+    x = a[a["method"] == method].set_index(key)[cols].sort_index()
+    y = b[b["method"] == method].set_index(key)[cols].sort_index()
+    if not x.index.equals(y.index):
+        return None
+    return float(np.nanmax(np.abs(x.to_numpy(np.float64) - y.to_numpy(np.float64)), initial=0.0))
+
+
 def _config_dict(cfg: BenchmarkConfig) -> dict[str, Any]:
     import dataclasses
 
@@ -1019,6 +1128,16 @@ def log_to_mlflow(
             for key, value in summary_metrics(r.summary).items():
                 metrics.append(Metric(sanitize_name(f"{name}.{key}"), value, ts, 0))
         for h in results.get("headline", []):
+            for name_, iv in (
+                ("k5_delta_paired", (h.get("k5") or {}).get("delta_paired")),
+                (
+                    "k5_val_selected_delta_paired",
+                    (h.get("val_selected") or {}).get("k5_delta_paired"),
+                ),
+            ):
+                for part in ("mean", "lo", "hi") if iv else ():
+                    key = sanitize_name(f"{h['dataset']}.{name_}.{part}")
+                    metrics.append(Metric(key, iv[part], ts, 0))
             for k, iv in (h.get("val_selected") or {}).get("auprc", {}).items():
                 if iv is not None:
                     key = sanitize_name(f"{h['dataset']}.auprc.{k}.val_selected.macro")
