@@ -933,12 +933,11 @@ def merge_benchmarks(
     added later) and still be compared on exactly the same episodes. Each run's episode files
     are identified by their sha256 (recorded per dataset and seed): runs whose digests differ
     are refused, as are runs that differ in shots, seeds, episodes per seed or the type
-    split. A method in two runs is accepted only when it is a
-    reproduction (every per-episode metric equal; the first run's rows count, and a note
-    says so), so a rerun that checked a result can join the report that first had it; any
-    difference is refused. A method that *failed* in one run may finish in
-    another (rerun after a fix): the finished run's numbers count, and the failure is kept
-    as a note beside them. The merged run gets the usual ``results.json``,
+    split. A method in two runs is accepted only as a reproduction (every per-episode metric
+    equal; the first run's rows count, and a note says so), so a rerun that checked a result
+    can join the report that first had it; any difference is refused. A method that *failed*
+    in one run may finish in another (rerun after a fix): the finished run's numbers count,
+    and the failure is kept as a note beside them. The merged run gets the usual ``results.json``,
     ``results.md``, ``per_episode.csv`` and plots, recomputed from the per-episode rows.
     """
     from metaad.evaluation.plots import plot_auprc_vs_k
@@ -1085,7 +1084,10 @@ def _largest_difference(a: pd.DataFrame, b: pd.DataFrame, method: str) -> float 
     y = b[b["method"] == method].set_index(key)[cols].sort_index()
     if not x.index.equals(y.index):
         return None
-    return float(np.nanmax(np.abs(x.to_numpy(np.float64) - y.to_numpy(np.float64)), initial=0.0))
+    xa, ya = x.to_numpy(np.float64), y.to_numpy(np.float64)
+    if (np.isnan(xa) != np.isnan(ya)).any():  # a number in one run, none in the other
+        return float("inf")
+    return float(np.nanmax(np.abs(xa - ya), initial=0.0))
 
 
 def _config_dict(cfg: BenchmarkConfig) -> dict[str, Any]:
