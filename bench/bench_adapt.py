@@ -73,8 +73,7 @@ def _metric_adapt(
     if len(det.net.memory):
         det.net.memory.copy_(torch.randn_like(det.net.memory))
         det.net.memory_filled.fill_(True)
-    det.net.to(device)
-    det.device = device
+    det.to(device)
     X, y = support_set(input_dim, shots, n_normal)
 
     def call() -> object:

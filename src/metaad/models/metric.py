@@ -891,6 +891,13 @@ class MetricLearner(Detector):
         mem = self.net.memory
         return mem if len(mem) and bool(self.net.memory_filled) else None
 
+    def to(self, device: str | torch.device) -> MetricLearner:
+        """Move the network (memory bank included) to ``device``; adapt and score follow it."""
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        self._mem_cache = None
+        return self
+
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from metaad.device import resolve_device
 from metaad.errors import ConfigError, UnknownMethodError
 from metaad.models.base import Detector
 
@@ -52,10 +53,13 @@ def create(name: str, input_shape: tuple[int, ...], **hparams: Any) -> Detector:
 
 
 def load_detector(directory: str | Path, device: str = "cpu") -> Detector:
-    """Rebuild a saved meta-learner from ``config.json`` and ``weights.pt``.
+    """Rebuild a saved meta-learner from ``config.json`` and ``weights.pt`` on ``device``.
 
-    Only tensors are read (``torch.load(weights_only=True)``); no code is unpickled.
+    Only tensors are read (``torch.load(weights_only=True)``); no code is unpickled. The
+    weights are read onto the CPU and then moved, so a model trained on a GPU loads on a
+    machine without one; ``device`` is ``"cpu"``, ``"cuda[:N]"`` or ``"auto"``.
     """
+    target = resolve_device(device)
     directory = Path(directory)
     cfg_path = directory / "config.json"
     if not cfg_path.exists():
@@ -65,4 +69,5 @@ def load_detector(directory: str | Path, device: str = "cpu") -> Detector:
     if not det.persistable:
         raise ConfigError(f"{cfg['name']} cannot be loaded from disk")
     det.load_weights(directory)  # type: ignore[attr-defined]
+    det.to(target)  # type: ignore[attr-defined]
     return det
