@@ -23,11 +23,10 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from catboost import CatBoostClassifier
 from scipy.stats import skew
 from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 from sklearn.linear_model import LogisticRegression
@@ -41,6 +40,9 @@ from metaad.episodes.pool import Pool
 from metaad.errors import ConfigError, DataError
 from metaad.models.base import Adapted, Detector, FitConfig, History, StepCallback
 from metaad.models.encoders import make_encoder
+
+if TYPE_CHECKING:
+    from catboost import CatBoostClassifier
 
 #: Rows of a validation pool scored for the ``val_auprc`` logged during fit.
 _VAL_MAX_ROWS = 5000
@@ -481,6 +483,9 @@ class CatBoostBaseline(_PooledClassifier):
             self._positive_int("max_pool_normals")
 
     def _make(self, seed: int) -> CatBoostClassifier:
+        # imported here: catboost is heavy to import and only this baseline needs it
+        from catboost import CatBoostClassifier
+
         return CatBoostClassifier(
             iterations=self.hp["iterations"],
             depth=self.hp["depth"],
