@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from metaad.device import autocast, resolve_device
+from metaad.device import resolve_device
 from metaad.episodes.pool import Pool
 from metaad.episodes.sampler import TaskBatch, sample_task_batch
 from metaad.errors import ConfigError, DataError, MetaADError, UnknownMethodError
@@ -570,8 +570,11 @@ class MAML(Detector):
             X_s, y_s, X_q, y_q = _gather(X_all, batch, device)
             if hooks is not None:  # DDP: this process's slice of the batch
                 X_s, y_s, X_q, y_q = hooks.take(X_s, y_s, X_q, y_q)
-            with autocast(device):
-                loss = loss_fn(X_s, y_s, X_q, y_q, steps=steps_for_shots(shots, self.inner_steps))
+            # fp32 on every device, unlike the metric learners' bf16 autocast on CUDA: on an
+            # H200 these small vmapped networks are launch-bound (bench/bench_train.py: no
+            # faster than 8 CPU threads), so bf16 buys no speed, and under autocast ANIL's
+            # TCN on windows failed there (a bf16 input met an fp32 conv bias inside vmap).
+            loss = loss_fn(X_s, y_s, X_q, y_q, steps=steps_for_shots(shots, self.inner_steps))
             values = {"loss": hooks.loss_value(loss) if hooks else float(loss.detach())}
             if not math.isfinite(values["loss"]):
                 if best_state is None:
