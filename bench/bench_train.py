@@ -4,8 +4,9 @@ The benchmark's settings (16 tasks per outer step, K drawn from {1, 5, 10}, 50 s
 normals, 64 + 16 query, the metric learners' 512-row memory bank) on two input shapes of
 the real data: rows of 122 features (NSL-KDD after one-hot) and windows of 5 x 52
 (Tennessee Eastman). A step's time is ``(t(n2) - t(n1)) / (n2 - n1)`` over two fits, so
-set-up (moving the pool, filling the memory bank) is not counted. CUDA runs under the bf16
-autocast that training uses there. Prints seconds per step and the CPU / CUDA ratio.
+set-up (moving the pool, filling the memory bank) is not counted. On CUDA each learner runs
+as training runs there (metric learners under bf16 autocast, the MAML family in fp32).
+Prints seconds per step and the CPU / CUDA ratio.
 
     python bench/bench_train.py                          # CPU only where there is no GPU
     python bench/bench_train.py --threads 16 --steps 20 60

@@ -3,8 +3,8 @@
 #
 #   bench/gpu_session.sh OUT_DIR [DATA_DIR]
 #
-# 1. tests/test_gpu.py: CUDA training under bf16 against fp32 CPU training for each
-#    meta-learner, checkpoints across devices, the second-order meta-gradient, fused scoring.
+# 1. tests/test_gpu.py: CUDA training (bf16 autocast for the metric learners) against CPU
+#    for each meta-learner, checkpoints across devices, the second-order meta-gradient, fused scoring.
 # 2. bench/bench_train.py: seconds per meta-training step, CPU vs CUDA, same process.
 # 3. bench/bench_maml.py and bench/bench_adapt.py on CUDA.
 # 4. bench/gpu_unseen_check.py: Tennessee Eastman's unseen-type benchmark (triplet, proto,

@@ -4,8 +4,8 @@ Runs :func:`metaad.benchmark.run_benchmark` one seed at a time (so a time limit 
 seeds already done) on the frozen episodes that a CPU run with the same ``seeds``,
 ``n_episodes`` and ``split_seed`` scored, and writes every seed's per-episode rows to one CSV
 and the fit and scoring seconds to one JSON. Compare the CSV with the CPU run's
-``per_episode.csv`` on (seed, type, shots, rep): training under bf16 autocast must land
-within the benchmark's confidence interval of the fp32 CPU numbers.
+``per_episode.csv`` on (seed, type, shots, rep): training on the GPU (bf16 autocast for the
+metric learners) must land within the benchmark's confidence interval of the CPU numbers.
 
 Validation (Great Expectations) and MLflow are off: a lent GPU machine has neither
 installed, and neither changes a number.

@@ -1,4 +1,4 @@
-"""The CUDA paths: meta-training under bf16 autocast, scoring, checkpoints across devices.
+"""The CUDA paths: meta-training, scoring, checkpoints across devices.
 
 CI has no GPU, so everything here but the first test is skipped there; ``bench/gpu_session.sh``
 runs this file on a lent GPU (README, "GPU"). What a GPU changes, and so what is checked:
