@@ -1,4 +1,4 @@
-"""Device choice: CUDA when present (with bf16 autocast), else CPU."""
+"""Device choice: CUDA when present, else CPU; bf16 autocast for the metric learners on CUDA."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast on CUDA; a no-op on CPU, where fp32 is both faster and exact."""
+    """bf16 autocast on CUDA; a no-op on CPU, where fp32 is both faster and exact.
+
+    Used by the metric learners' training step. The MAML family trains in fp32 everywhere
+    (``metaad.models.maml``: no speed to gain, and ANIL's vmapped TCN failed under it).
+    """
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
