@@ -71,3 +71,13 @@ def make_pool(
         types=df[TYPE].to_numpy(dtype=str),
         feature_names=tuple(cols),
     )
+
+
+def split_held_out(pool: Pool, held_out: Sequence[str]) -> tuple[Pool, Pool]:
+    """(meta-train pool without the held-out types, test pool of normals + held-out types).
+
+    The normals are in both, as in the episode protocol's few-shot tests on one pool.
+    """
+    train = pool.subset(np.flatnonzero(~np.isin(pool.types, list(held_out))))
+    test = pool.subset(np.flatnonzero(np.isin(pool.types, [NORMAL, *held_out])))
+    return train, test

@@ -23,6 +23,7 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score
 
+from helpers_data import split_held_out
 from metaad.device import autocast, resolve_device
 from metaad.episodes.pool import Pool
 from metaad.episodes.sampler import sample_task_batch
@@ -53,9 +54,7 @@ def make_pool(seed: int = 0, n_types: int = 8, d: int = 16) -> Pool:
 @pytest.fixture(scope="module")
 def pools() -> tuple[Pool, Pool]:
     pool = make_pool()
-    train = pool.subset(np.flatnonzero(~np.isin(pool.types, HELD_OUT)))
-    test = pool.subset(np.flatnonzero(np.isin(pool.types, ["normal", *HELD_OUT])))
-    return train, test
+    return split_held_out(pool, HELD_OUT)
 
 
 def episodes(pool: Pool, shots: int = 5, n: int = 6) -> list[tuple[np.ndarray, ...]]:

@@ -20,6 +20,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from torch.func import functional_call
 
+from helpers_data import split_held_out
 from metaad.episodes.pool import Pool
 from metaad.episodes.sampler import sample_task_batch
 from metaad.errors import ConfigError
@@ -66,9 +67,7 @@ def window_pool() -> Pool:
 @pytest.fixture(scope="module")
 def pools() -> tuple[Pool, Pool]:
     pool = make_pool()
-    train = pool.subset(np.flatnonzero(~np.isin(pool.types, HELD_OUT)))
-    test = pool.subset(np.flatnonzero(np.isin(pool.types, ["normal", *HELD_OUT])))
-    return train, test
+    return split_held_out(pool, HELD_OUT)
 
 
 def heldout_auprc(
