@@ -657,6 +657,41 @@ def test_published_adbench_numbers_ship_inside_the_package() -> None:
     assert set(pub["method"]) == {"CatB", "PReNet", "DevNet", "XGBOD", "IForest"}
 
 
+def test_published_adbench_numbers_are_the_parsed_appendix_rows_complete() -> None:
+    """The packaged numbers are a verbatim subset of the parsed appendix tables, and complete.
+
+    Every row must equal its row in ``../shared/datasets/adbench``'s parsed copy of the
+    paper's tables (a typo while copying would otherwise go into the README unnoticed), and
+    every (set, metric, ratio, method) the check prints must be there exactly once: the
+    eleven sets x two metrics x (four methods at 1/5/10% + Isolation Forest unsupervised).
+    """
+    from metaad.adbench import PUBLISHED_METHODS, read_published
+
+    shared = REPO.parent / "shared" / "datasets" / "adbench" / "published_results_adbench_2022.csv"
+    pub = read_published()
+    key = ["table", "metric", "label_ratio_pct", "dataset", "method"]
+    assert not pub.duplicated(key).any()
+    sets = {
+        "annthyroid", "campaign", "cardio", "donors", "mammography", "pendigits",
+        "satellite", "shuttle", "thyroid", "WBC", "backdoor",
+    }  # fmt: skip
+    assert set(pub["dataset"]) == sets
+    for metric in ("AUCROC", "AUCPR"):
+        for m in PUBLISHED_METHODS:
+            ratios = {"unsup"} if m == "IForest" else {"1", "5", "10"}
+            sub = pub[(pub.metric == metric) & (pub.method == m)]
+            got = set(zip(sub.dataset, sub.label_ratio_pct, strict=True))
+            assert got == {(s, r) for s in sets for r in ratios}, (metric, m)
+    if not shared.is_file():
+        pytest.skip(f"the parsed appendix tables are not at {shared}")
+    ref = pd.read_csv(shared, dtype=str, keep_default_na=False)
+    joined = pub.merge(ref, on=key, how="left", suffixes=("", "_ref"), validate="one_to_one")
+    missing = joined[joined["value_pct_ref"].fillna("") == ""]
+    assert missing.empty, f"not in the parsed tables: {missing[key].values.tolist()[:5]}"
+    differ = joined[joined["value_pct"].astype(float) != joined["value_pct_ref"].astype(float)]
+    assert differ.empty, differ[[*key, "value_pct", "value_pct_ref"]].to_string()
+
+
 # -- the weekly flow and the commands ----------------------------------------------------
 @pytest.mark.slow
 def test_benchmark_flow_and_cli_on_a_real_dataset(
