@@ -356,7 +356,7 @@ def run_dataset(
                 if sha256_of(path) != digest:
                     raise DataError(f"{path} changed while the benchmark was running")
                 per = evaluate_detector(
-                    det, prep.pools["test"], eps, method=method, shots=cfg.shots
+                    det, prep.pools["test"], eps, method=method, shots=cfg.shots, progress=progress
                 )
             except (MetaADError, ValueError, FloatingPointError, RuntimeError) as exc:
                 if isinstance(exc, DataError):
