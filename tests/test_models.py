@@ -103,3 +103,47 @@ def test_a_small_val_pool_still_gives_the_metric_learner_early_stopping() -> Non
     cfg = FitConfig(steps=4, meta_batch=2, shots=(1, 5), n_support_normal=20, val_every=2)
     steps, vals = det.fit(pool, cfg, val=val).series("val_auprc")
     assert steps == [2, 4] and all(0.0 <= v <= 1.0 for v in vals)
+
+
+def test_coreset_memory_covers_a_rare_normal_mode_that_a_random_sample_misses() -> None:
+    """``memory_select="coreset"`` keeps every mode of the normals in the bank.
+
+    990 normals in one tight cluster and 10 in a far one: a random 16-row bank misses the
+    rare mode most of the time (P = 0.85), so its rows look anomalous to the k-NN term; the
+    greedy k-center cover always holds one, and its cover radius is smaller.
+    """
+    from helpers_data import make_pool
+    from metaad.errors import ConfigError
+    from metaad.models.base import FitConfig
+    from metaad.models.metric import coreset_indices
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 0.1, (990, 4)), rng.normal(8, 0.1, (10, 4))]).astype("f4")
+    core = coreset_indices(X, 16, np.random.default_rng(1))
+    rand = np.random.default_rng(1).choice(len(X), 16, replace=False)
+    assert len(set(core.tolist())) == 16 and (core >= 990).any() and not (rand >= 990).any()
+
+    def radius(idx: np.ndarray) -> float:
+        return float(((X[:, None] - X[idx][None]) ** 2).sum(-1).min(1).max())
+
+    assert radius(core) < radius(rand) / 10
+    # duplicates: a pool of 3 distinct rows asked for 5 picks each distinct row first
+    dup = np.repeat(np.eye(3, dtype="f4"), 4, axis=0)
+    assert {tuple(r) for r in dup[coreset_indices(dup, 5, rng)[:3]]} == {
+        tuple(r) for r in np.eye(3)
+    }
+    # fewer rows than asked: all of them; and a big pool covers a random candidate subset
+    np.testing.assert_array_equal(coreset_indices(X[:10], 16, rng), np.arange(10))
+    big = coreset_indices(X, 8, rng, max_candidates=100)
+    assert len(big) == 8 and len(set(big.tolist())) == 8
+
+    # the learner fills its bank with the cover (and says which rows are allowed)
+    pool = make_pool(seed=0)
+    det = create("proto", pool.input_shape, memory=8, memory_select="coreset")
+    det.fit(pool, FitConfig(steps=2, meta_batch=2, shots=(1, 5), n_support_normal=20))
+    normals = pool.X[pool.normal_idx]
+    mem = det.net.memory.numpy()
+    assert all((np.abs(normals - m).max(1) == 0).any() for m in mem)
+    assert len({tuple(m) for m in mem}) == 8
+    with pytest.raises(ConfigError, match="memory_select"):
+        create("proto", pool.input_shape, memory_select="kmeans")
