@@ -44,19 +44,17 @@ def test_score_many_refuses_states_of_different_models() -> None:
 
 @pytest.mark.parametrize("k_nn", [0, 1, 5])
 @pytest.mark.parametrize("shots", [0, 4])
-@pytest.mark.parametrize(
-    ("shape", "raw_view"), [((7,), "summary"), ((6, 3), "summary"), ((6, 3), "flat")]
-)
+@pytest.mark.parametrize("shape", [(7,), (6, 3)])
 @pytest.mark.parametrize("raw_proto", [False, True])
 def test_folded_scoring_equals_the_training_logit(
-    k_nn: int, shots: int, shape, raw_view: str, raw_proto: bool
+    k_nn: int, shots: int, shape, raw_proto: bool
 ) -> None:
     """Scoring folds the logit into one matrix product; it must stay the training logit
     (every term: k-NN or prototype, anomaly prototype, prior, both heads, raw prototypes,
-    scalings; windows seen by the raw path as a summary or flattened)."""
+    scalings)."""
     torch.manual_seed(k_nn + shots)
     rng = np.random.default_rng(1)
-    det = MetricLearner(shape, memory=16, k_nn=k_nn, raw_proto=raw_proto, raw_view=raw_view)
+    det = MetricLearner(shape, memory=16, k_nn=k_nn, raw_proto=raw_proto)
     with torch.no_grad():  # move every learned scalar off its initial value
         for p in det.net.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -149,31 +147,3 @@ def test_weights_saved_before_the_raw_prototype_term_still_load(tmp_path) -> Non
 
     with pytest.raises(ConfigError, match="raw_proto_w"):
         MetricLearner((5,), memory=4, raw_proto=True).load_weights(tmp_path / "m")
-
-
-def test_the_raw_path_can_see_a_window_whole(tmp_path) -> None:
-    """``raw_view="flat"``: the raw terms read every sample of a window, as the support-only
-    logistic regression does, instead of its per-channel mean and std; rows are unchanged."""
-    from metaad.errors import ConfigError
-    from metaad.models.registry import load_detector
-
-    flat = MetricLearner((5, 3), memory=4, raw_view="flat")
-    assert flat.net.raw_dim == 15 and MetricLearner((5, 3), memory=4).net.raw_dim == 6
-    assert MetricLearner((7,), raw_view="flat").net.raw_dim == 7
-    x = torch.randn(4, 5, 3)
-    np.testing.assert_array_equal(flat.net.raw(x).numpy(), x.reshape(4, 15).numpy())
-    # order inside a window now matters to the raw path (a ramp up vs the same values down)
-    up = torch.linspace(0, 1, 5)[None, :, None].expand(1, 5, 3)
-    down = up.flip(1)
-    assert not torch.equal(flat.net.raw(up), flat.net.raw(down))
-    summary = MetricLearner((5, 3), memory=4)
-    torch.testing.assert_close(summary.net.raw(up), summary.net.raw(down))
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(40, 5, 3)).astype(np.float32)
-    y = np.r_[np.ones(4), np.zeros(36)].astype(np.int64)
-    flat.save(tmp_path / "m")
-    again = load_detector(tmp_path / "m")
-    assert again.hparams["raw_view"] == "flat"
-    np.testing.assert_array_equal(flat.adapt(X, y).score(X), again.adapt(X, y).score(X))
-    with pytest.raises(ConfigError, match="raw_view"):
-        MetricLearner((5, 3), raw_view="fft")

@@ -80,7 +80,6 @@ log = logging.getLogger(__name__)
 
 LOSSES = ("proto", "contrastive", "triplet", "deviation")
 MEMORY_SELECT = ("random", "coreset")
-RAW_VIEWS = ("summary", "flat")
 _EPS = 1e-6
 
 
@@ -95,28 +94,15 @@ class MetricNet(nn.Module):
     """Encoder plus the handful of scalars and per-feature weights that the logit uses."""
 
     def __init__(
-        self,
-        input_shape: tuple[int, ...],
-        hidden: tuple[int, ...],
-        out_dim: int,
-        memory: int = 0,
-        raw_view: str = "summary",
+        self, input_shape: tuple[int, ...], hidden: tuple[int, ...], out_dim: int, memory: int = 0
     ) -> None:
         super().__init__()
-        if raw_view not in RAW_VIEWS:
-            raise ConfigError(f"raw_view must be one of {list(RAW_VIEWS)}, got {raw_view!r}")
-        self.raw_view = raw_view
         # Meta-train normal rows kept with the weights (filled by fit), so they persist in
         # weights.pt like any other tensor.
         self.register_buffer("memory", torch.zeros(memory, *input_shape))
         self.register_buffer("memory_filled", torch.tensor(False))
         self.encoder = make_encoder(input_shape, hidden=hidden, out_dim=out_dim)
-        if len(input_shape) == 1:
-            raw_dim = input_shape[0]
-        elif raw_view == "summary":
-            raw_dim = 2 * input_shape[1]
-        else:
-            raw_dim = int(np.prod(input_shape))
+        raw_dim = input_shape[0] if len(input_shape) == 1 else 2 * input_shape[1]
         inv_sp1 = float(np.log(np.expm1(1.0)))  # softplus^-1(1): start at weight 1
         self.raw_weight = nn.Parameter(torch.full((raw_dim,), inv_sp1))
         self.mix = nn.Parameter(torch.tensor([inv_sp1, inv_sp1]))  # [encoder, raw]
@@ -148,17 +134,11 @@ class MetricNet(nn.Module):
         self.out_dim = out_dim
         self.raw_dim = raw_dim
 
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """The raw path's view of rows or windows (``raw_view``), before its learned weights."""
-        if x.dim() == 2 or self.raw_view == "summary":
-            return raw_summary(x)
-        return x.reshape(len(x), -1)
-
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder embedding and weighted raw summary, each scaled so that a squared
         distance is a per-dimension mean."""
         z = self.encoder(x).float() / np.sqrt(self.out_dim)
-        r = self.raw(x).float() * F.softplus(self.raw_weight) / np.sqrt(self.raw_dim)
+        r = raw_summary(x).float() * F.softplus(self.raw_weight) / np.sqrt(self.raw_dim)
         return z, r
 
 
@@ -299,9 +279,9 @@ class MetricCore:
                 [self.net.ridge_lam, self.net.raw_lam],
             )
         if self.raw_proto and anom_mask.any():
-            un = self.net.raw(xs[:, norm_mask].reshape(-1, *xs.shape[2:])).float()
+            un = raw_summary(xs[:, norm_mask].reshape(-1, *xs.shape[2:])).float()
             un = un.reshape(B, int(norm_mask.sum()), -1)
-            ua = self.net.raw(xs[:, anom_mask].reshape(-1, *xs.shape[2:])).float()
+            ua = raw_summary(xs[:, anom_mask].reshape(-1, *xs.shape[2:])).float()
             st.proto_n = un.mean(1, keepdim=True)
             st.proto_a = ua.reshape(B, int(anom_mask.sum()), -1).mean(1, keepdim=True)
             spread = _eucl(un, st.proto_n)[..., 0].mean(-1)
@@ -384,7 +364,7 @@ class MetricCore:
         B, Q = xq.shape[:2]
         flat = xq.reshape(B * Q, *xq.shape[2:])
         qz, qr = self.net.embed(flat)
-        qu = self.net.raw(flat).float().reshape(B, Q, -1) if st.proto_n is not None else None
+        qu = raw_summary(flat).float().reshape(B, Q, -1) if st.proto_n is not None else None
         return self.logit_embedded(st, qz.reshape(B, Q, -1), qr.reshape(B, Q, -1), qu=qu)
 
     def logit_embedded(
@@ -597,7 +577,7 @@ def _scoring_plan(core: MetricCore, adapted: list[MetricAdapted], first: list[in
 
 def _fused_logits(core: MetricCore, plan: _ScoringPlan, x: torch.Tensor) -> torch.Tensor:
     """``(states, rows)`` logits of one chunk under a :class:`_ScoringPlan`."""
-    q = torch.cat([core.net.encoder(x).float(), core.net.raw(x).float()], dim=-1)
+    q = torch.cat([core.net.encoder(x).float(), raw_summary(x).float()], dim=-1)
     # Transposed, (normals + states, rows): the k-NN then reduces over rows of PT, which
     # the CPU kernel streams as SIMD min/max over the queries.
     PT = torch.addmm(plan.bias, plan.WT, q.T)
@@ -659,7 +639,7 @@ def score_many(adapted: list[MetricAdapted], X: np.ndarray, chunk: int | None = 
             continue
         qz, qr = core.net.embed(xq)
         qz, qr = qz[None], qr[None]
-        qu = core.net.raw(xq).float()[None] if core.raw_proto else None
+        qu = raw_summary(xq).float()[None] if core.raw_proto else None
         dns: dict[int, torch.Tensor] = {}
         for k, a in enumerate(adapted):
             st = a.state
@@ -694,7 +674,6 @@ class MetricLearner(Detector):
         ridge: bool = True,
         memory: int = 32,
         memory_select: str = "random",
-        raw_view: str = "summary",
         prior_head: bool = True,
         head: str = "logistic",
         synthetic_tasks: float = 0.25,
@@ -729,7 +708,6 @@ class MetricLearner(Detector):
             ridge=bool(ridge),
             memory=int(memory),
             memory_select=memory_select,
-            raw_view=raw_view,
             prior_head=bool(prior_head),
             head=head,
             synthetic_tasks=float(synthetic_tasks),
@@ -739,9 +717,7 @@ class MetricLearner(Detector):
         torch.manual_seed(seed)
         if memory < 0:
             raise ConfigError(f"memory must be >= 0, got {memory}")
-        self.net = MetricNet(
-            self.input_shape, tuple(self.hparams["hidden"]), out_dim, int(memory), raw_view
-        )
+        self.net = MetricNet(self.input_shape, tuple(self.hparams["hidden"]), out_dim, int(memory))
         self.core = MetricCore(
             self.net,
             int(k_nn),
