@@ -49,3 +49,22 @@ def test_a_yaml_boolean_in_a_string_field_says_to_quote_it(tmp_path) -> None:
         load_params(tmp_path / "absent.yaml", overrides={"ingest.normal_value": "no"})
     ok = load_params(tmp_path / "absent.yaml", overrides={"ingest.normal_value": '"no"'})
     assert ok.ingest.normal_value == "no"
+
+
+def test_flows_give_prefects_temporary_server_time_to_start(monkeypatch) -> None:
+    """The flows' environment waits two minutes for Prefect's temporary server (its default
+    20 s failed the main job on a loaded machine), and a user's own setting is kept.
+
+    Settings are read fresh from the environment, as in a flow process, which sets the
+    variables before it imports Prefect."""
+    from prefect.settings import Settings
+
+    from metaad.config import set_offline_env
+
+    key = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    monkeypatch.delenv(key, raising=False)
+    set_offline_env()
+    assert Settings().server.ephemeral.startup_timeout_seconds == 120
+    monkeypatch.setenv(key, "300")
+    set_offline_env()
+    assert Settings().server.ephemeral.startup_timeout_seconds == 300

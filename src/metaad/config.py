@@ -34,9 +34,20 @@ OFFLINE_ENV: dict[str, str] = {
 }
 
 
+#: Prefect waits 20 s for the temporary API server a local flow run starts. On a loaded
+#: machine that is too short: on 2026-12-01 the main job, started beside a test run and a
+#: benchmark on two cores, failed before its first task with "Timed out while attempting to
+#: connect to ephemeral Prefect API server". Two minutes costs nothing when the server is
+#: quick, and the user's own setting wins.
+STARTUP_ENV: dict[str, str] = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+
+
 def set_offline_env() -> None:
-    """Set the offline variables unless the user set them already."""
-    for k, v in OFFLINE_ENV.items():
+    """Set the offline variables, and the temporary Prefect server's start-up wait
+    (:data:`STARTUP_ENV`), unless the user set them already.
+
+    The flows call it before Prefect is imported, so the server process inherits both."""
+    for k, v in {**OFFLINE_ENV, **STARTUP_ENV}.items():
         os.environ.setdefault(k, v)
 
 
