@@ -7,7 +7,7 @@ the headline checks and logs one MLflow run (:func:`metaad.benchmark.finish_benc
 The ADBench check runs after it when ``adbench`` is true. Orchestration only: every number
 comes from ``metaad.benchmark`` / ``metaad.adbench``, as with ``metaad benchmark``.
 
-Run it:    python flows/benchmark.py [-S benchmark.seeds=[0,1] ...] [--adbench]
+Run it:    python flows/benchmark.py [-S benchmark.seeds=[0,1] ...] [--adbench] [--resume]
 Deploy it: the entrypoint is ``flows/benchmark.py:benchmark_flow``.
 """
 
@@ -44,11 +44,12 @@ def load_dataset_checked(name: str, data_dir: str | None, report_dir: str) -> tu
 
 
 @task(cache_policy=NO_CACHE)
-def run_one_dataset(ds: Any, cfg: BenchmarkConfig, out_dir: str) -> Any:
-    """Every method on the dataset's frozen episodes, seed by seed (not retried: long)."""
+def run_one_dataset(ds: Any, cfg: BenchmarkConfig, out_dir: str, resume: bool) -> Any:
+    """Every method on the dataset's frozen episodes, seed by seed (not retried: long; a
+    stopped run is continued with ``resume``, which keeps every finished seed x method)."""
     from metaad.benchmark import benchmark_dataset
 
-    return benchmark_dataset(ds, cfg, out_dir)
+    return benchmark_dataset(ds, cfg, out_dir, resume=resume)
 
 
 @task(cache_policy=NO_CACHE)
@@ -104,8 +105,12 @@ def benchmark_flow(
     out_dir: str | None = None,
     tracking_uri: str | None = None,
     adbench: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """The benchmark of ``params.yaml``'s ``benchmark`` section on real datasets.
+
+    ``resume`` continues a stopped run in the same output folder (``metaad benchmark
+    --resume``): what it finished under the same settings is taken back, not rerun.
 
     ``tracking_uri`` defaults to the project's MLflow store (``MLFLOW_TRACKING_URI`` or
     ``<root>/mlflow/mlflow.db``); results go to ``benchmark.output`` under ``root``.
@@ -124,7 +129,7 @@ def benchmark_flow(
     per, checked = {}, {}
     for name in cfg.datasets:
         ds, checked[name] = load_dataset_checked(name, cfg.data_dir, str(out / name / "validation"))
-        per[name] = run_one_dataset(ds, cfg, str(out))
+        per[name] = run_one_dataset(ds, cfg, str(out), resume)
         logger.info("benchmark: %s finished", name)
     summary = report(cfg, str(out), per, checked, time.perf_counter() - t0, uri)
     md = summary["markdown"]
@@ -142,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default benchmark.output)")
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--adbench", action="store_true", help="also run the ADBench check")
+    ap.add_argument(
+        "--resume", action="store_true", help="continue a stopped run in the same --out"
+    )
     args = ap.parse_args(argv)
     bad = [kv for kv in args.set if "=" not in kv]
     if bad:
@@ -153,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out,
         tracking_uri=args.tracking_uri,
         adbench=args.adbench,
+        resume=args.resume,
     )
     print(res["markdown"])
     print(json.dumps({"verdict": res["verdict"], "out_dir": res["out_dir"]}))

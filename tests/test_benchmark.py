@@ -484,6 +484,80 @@ def test_a_failed_method_rerun_on_the_same_episodes_replaces_its_failure_in_the_
         merge_benchmarks([a.out_dir, b.out_dir, b.out_dir], tmp_path / "x")
 
 
+def test_a_stopped_benchmark_resumes_from_the_units_it_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped inside its second seed (KeyboardInterrupt from proto's training, as a
+    kill leaves it) keeps every seed x method it finished; resuming trains only the rest and
+    gives the report of a run never stopped. A unit of other settings is refused with the
+    difference named; one whose marker was never written is computed again; without
+    resume everything is computed again."""
+    import metaad.stages as stages
+    from metaad.errors import ConfigError
+
+    real = stages.train_method
+    calls: list[tuple[int, str]] = []
+    mode = {"stop": False}
+
+    def patched(params, prep, method, **kw):
+        calls.append((params.train.seed, method))
+        if mode["stop"] and method == "proto" and params.train.seed == 4:
+            raise KeyboardInterrupt
+        return real(params, prep, method, **kw)
+
+    monkeypatch.setattr(stages, "train_method", patched)
+    cfg = BenchmarkConfig(
+        datasets=("blobs",), methods=("lr_sup", "proto", "proto_raw"), shots=(0, 5),
+        seeds=(3, 4), n_episodes=2, steps=10, meta_batch=4,
+    )  # fmt: skip
+
+    def run(name: str, c: BenchmarkConfig = cfg, *, resume: bool = False) -> Any:
+        return run_benchmark(
+            c, tmp_path / name, datasets=[blobs_dataset()], tracking_uri=None, resume=resume
+        )
+
+    whole = run("whole")
+    mode["stop"] = True
+    with pytest.raises(KeyboardInterrupt):
+        run("r")
+    units = tmp_path / "r" / "blobs" / "units"
+    assert sorted(p.name for p in units.glob("*.json")) == [
+        "seed3__lr_sup.json", "seed3__proto.json", "seed3__proto_raw.json", "seed4__lr_sup.json"
+    ]  # fmt: skip
+    assert not (tmp_path / "r" / "results.json").exists()
+    mode["stop"] = False
+    calls.clear()
+    resumed = run("r", resume=True)
+    assert calls == [(4, "proto"), (4, "proto_raw")]
+
+    def quality(tree: Any) -> Any:  # everything but the wall-clock timings
+        if isinstance(tree, dict):
+            return {k: quality(v) for k, v in tree.items() if not k.endswith("_ms")}
+        return tree
+
+    want, got = whole.results["datasets"]["blobs"], resumed.results["datasets"]["blobs"]
+    assert quality(got["results"]) == quality(want["results"])
+    assert got["val_auprc"] == want["val_auprc"] and set(got["val_auprc"]) == {"proto"}
+    assert got["method_episodes_sha256"] == want["method_episodes_sha256"]
+    a, b = (pd.read_csv(tmp_path / d / "per_episode.csv") for d in ("r", "whole"))
+    timings = [c for c in a.columns if c.endswith("_ms")]
+    pd.testing.assert_frame_equal(a.drop(columns=timings), b.drop(columns=timings))
+    # the seed-3 timings are the stopped run's, taken back with its rows
+    seed3 = json.loads((units / "seed3__proto.json").read_text())
+    assert got["fit_seconds"]["proto"][0] == seed3["fit_s"]
+
+    with pytest.raises(ConfigError, match=r"cannot resume lr_sup seed 3: .*train\.steps: 10 -> 11"):
+        run("r", replace(cfg, steps=11), resume=True)
+    (units / "seed4__proto_raw.json").unlink()  # died between the rows and the marker
+    calls.clear()
+    again = run("r", resume=True)
+    assert calls == [(4, "proto_raw")]
+    assert quality(again.results["datasets"]["blobs"]["results"]) == quality(want["results"])
+    calls.clear()
+    run("r")  # without resume: every unit anew
+    assert calls == [(s, m) for s in (3, 4) for m in cfg.methods]
+
+
 def test_maml_validation_counts_a_diverged_adaptation_as_a_failed_task() -> None:
     """Finite outer loss, overflowing evaluation-time adaptation: validation gives 0 for
     those tasks (so early stopping keeps an earlier initialisation) instead of raising."""
@@ -718,6 +792,20 @@ def test_benchmark_flow_and_cli_on_a_real_dataset(
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert saved["validation"]["sparkov"]["success"] is True
     assert saved["validation"]["sparkov"]["expectations"] > 10
+    # resumed on the same folder, the flow takes every finished unit back: none is rewritten
+    units = sorted((tmp_path / "b" / "sparkov" / "units").glob("*.json"))
+    assert [u.name for u in units] == ["seed0__lr_sup.json", "seed0__proto_raw.json"]
+    stamps = [u.stat().st_mtime_ns for u in units]
+    again = flow_module("benchmark").benchmark_flow(
+        root=str(REPO), overrides=overrides, out_dir=str(tmp_path / "b"), tracking_uri=uri,
+        resume=True,
+    )  # fmt: skip
+    assert [u.stat().st_mtime_ns for u in units] == stamps
+    resaved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert (
+        resaved["datasets"]["sparkov"]["fit_seconds"] == saved["datasets"]["sparkov"]["fit_seconds"]
+    )
+    assert again["mlflow_run_id"] != out["mlflow_run_id"]
     text = run_cmd(["metaad", "datasets"], tmp_path)
     assert "nsl_kdd" in text and "adbench_WBC" in text
     text = run_cmd(

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metaad.benchmark_units import Unit, UnitStore, fingerprint
 from metaad.config import BenchmarkConfig, Params, TrainConfig
 from metaad.data.schema import LABEL, SERIES, TYPE, anomaly_types, check_canonical
 from metaad.datasets.base import NORMALS_SOURCE, LoadedDataset, Protocol
@@ -311,6 +312,55 @@ class DatasetResult:
     val_auprc: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
+def _run_unit(
+    prep: PreparedDataset,
+    stage_prep: Any,
+    params: Params,
+    method: str,
+    eps: EpisodeSet,
+    val_eps: EpisodeSet | None,
+    path: Path,
+    digest: str,
+    family: str,
+    cfg: BenchmarkConfig,
+    progress: bool,
+) -> Unit:
+    """Train one method with one seed, score it on the frozen episodes (and meta-val)."""
+    from metaad.evaluation.runner import evaluate_detector
+    from metaad.stages import train_method
+
+    seed = params.train.seed
+    det, hist, secs = train_method(
+        params, stage_prep, method, progress=progress, hparams=params.train.hparams
+    )
+    t1 = time.perf_counter()
+    # the file on disk, not the object in memory: what every method is scored on
+    if sha256_of(path) != digest:
+        raise DataError(f"{path} changed while the benchmark was running")
+    per = evaluate_detector(
+        det, prep.pools["test"], eps, method=method, shots=cfg.shots, progress=progress
+    )
+    unit = Unit(per=per, fit_s=round(secs, 3), eval_s=round(time.perf_counter() - t1, 3))
+    if hist.diverged_at is not None:
+        unit.notes.append(
+            f"seed {seed}: meta-training diverged at step {hist.diverged_at} of "
+            f"{cfg.steps}; the weights of its best validation before that were kept"
+        )
+    if val_eps is not None and family in ("metric", "maml"):
+        try:
+            vper = evaluate_detector(
+                det, prep.pools["val"], val_eps, method=method, shots=(HEADLINE_K,)
+            )
+            v = float(vper.groupby("type")["auprc"].mean().mean())
+            if not np.isfinite(v):
+                raise ValueError(f"macro AUPRC {v}")
+            unit.val_auprc = round(v, 6)
+        except (MetaADError, ValueError, FloatingPointError, RuntimeError) as exc:
+            # its test numbers stand; without a val number no meta-learner is picked
+            unit.notes.append(f"seed {seed}: scoring its meta-validation episodes failed ({exc})")
+    return unit
+
+
 def run_dataset(
     prep: PreparedDataset,
     cfg: BenchmarkConfig,
@@ -318,13 +368,20 @@ def run_dataset(
     *,
     progress: bool = False,
     on_method: Callable[[str, int, str, float], None] | None = None,
+    resume: bool = False,
 ) -> DatasetResult:
-    """Every method of ``cfg`` on ``prep``, seed by seed, on the seed's frozen episodes."""
-    from metaad.evaluation.runner import evaluate_detector, summarise
+    """Every method of ``cfg`` on ``prep``, seed by seed, on the seed's frozen episodes.
+
+    Each (seed, method) is written to ``out_dir/units`` as soon as it is scored; with
+    ``resume`` a unit found there under the same settings is taken back instead of run
+    again (:mod:`metaad.benchmark_units`), so a stopped run loses only the unit in flight.
+    """
+    from metaad.evaluation.runner import summarise
     from metaad.models.registry import family_of
-    from metaad.stages import Prepared, train_method
+    from metaad.stages import Prepared
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    store = UnitStore(out_dir / "units")
     families = {m: family_of(m) for m in cfg.methods}
     frames: list[pd.DataFrame] = []
     digests: dict[int, str] = {}
@@ -346,61 +403,50 @@ def run_dataset(
             if method in failures:
                 continue
             params = train_params(cfg, prep.protocol, seed, method)
-            t0 = time.perf_counter()
-            try:
-                det, hist, secs = train_method(
-                    params, stage_prep, method, progress=progress, hparams=params.train.hparams
-                )
-                t1 = time.perf_counter()
-                # the file on disk, not the object in memory: what every method is scored on
-                if sha256_of(path) != digest:
-                    raise DataError(f"{path} changed while the benchmark was running")
-                per = evaluate_detector(
-                    det, prep.pools["test"], eps, method=method, shots=cfg.shots, progress=progress
-                )
-            except (MetaADError, ValueError, FloatingPointError, RuntimeError) as exc:
-                if isinstance(exc, DataError):
-                    raise  # the episodes or the data are wrong: no number would be valid
-                # One method diverging (a MAML run whose adapted scores overflow, say) must
-                # not throw away hours of the others' results: it is reported by name.
-                failures[method] = f"seed {seed}: {type(exc).__name__}: {exc}"
-                log.error("%s seed %s %s failed: %s", prep.name, seed, method, exc)
-                continue
-            t2 = time.perf_counter()
-            if hist.diverged_at is not None:
-                notes.setdefault(method, []).append(
-                    f"seed {seed}: meta-training diverged at step {hist.diverged_at} of "
-                    f"{cfg.steps}; the weights of its best validation before that were kept"
-                )
+            fp = fingerprint(
+                dataset=prep.name,
+                episodes_sha256=digest,
+                train=params.train,
+                shots=cfg.shots,
+                n_episodes=cfg.n_episodes,
+            )
+            unit = store.load(seed, method, fp) if resume else None
+            if unit is not None:
+                log.info("%s seed %s %s: taken from %s", prep.name, seed, method, store.dir)
+            else:
+                try:
+                    unit = _run_unit(prep, stage_prep, params, method, eps, val_eps, path, digest,
+                                     families[method], cfg, progress)  # fmt: skip
+                except (MetaADError, ValueError, FloatingPointError, RuntimeError) as exc:
+                    if isinstance(exc, DataError):
+                        raise  # the episodes or the data are wrong: no number would be valid
+                    # One method diverging (a MAML run whose adapted scores overflow, say)
+                    # must not throw away hours of the others' results: it is reported by
+                    # name.
+                    failures[method] = f"seed {seed}: {type(exc).__name__}: {exc}"
+                    log.error("%s seed %s %s failed: %s", prep.name, seed, method, exc)
+                    continue
+                store.save(seed, method, fp, unit)
+            if unit.notes:
+                notes.setdefault(method, []).extend(unit.notes)
+            if unit.val_auprc is not None:
+                val_auprc.setdefault(method, {})[int(seed)] = unit.val_auprc
+            per = unit.per.copy()
             per.insert(0, "dataset", prep.name)
             per.insert(1, "seed", int(seed))
             per["rep"] = per["rep"] + si * cfg.n_episodes
             frames.append(per)
             seen[method][int(seed)] = digest
-            fit_s[method].append(round(secs, 3))
-            eval_s[method].append(round(t2 - t1, 3))
-            if val_eps is not None and families[method] in ("metric", "maml"):
-                try:
-                    vper = evaluate_detector(
-                        det, prep.pools["val"], val_eps, method=method, shots=(HEADLINE_K,)
-                    )
-                    v = float(vper.groupby("type")["auprc"].mean().mean())
-                    if not np.isfinite(v):
-                        raise ValueError(f"macro AUPRC {v}")
-                    val_auprc.setdefault(method, {})[int(seed)] = round(v, 6)
-                except (MetaADError, ValueError, FloatingPointError, RuntimeError) as exc:
-                    # its test numbers stand; without a val number no meta-learner is picked
-                    notes.setdefault(method, []).append(
-                        f"seed {seed}: scoring its meta-validation episodes failed ({exc})"
-                    )
+            fit_s[method].append(unit.fit_s)
+            eval_s[method].append(unit.eval_s)
             k5 = per.loc[per["shots"] == HEADLINE_K, "auprc"]
             log.info(
                 "%s seed %s %s: fit %.1fs, eval %.1fs, AUPRC@K=%d %.3f",
                 prep.name,
                 seed,
                 method,
-                t1 - t0,
-                t2 - t1,
+                unit.fit_s,
+                unit.eval_s,
                 HEADLINE_K,
                 k5.mean() if len(k5) else float("nan"),
             )
@@ -792,15 +838,24 @@ def load_checked(
 
 
 def benchmark_dataset(
-    ds: LoadedDataset, cfg: BenchmarkConfig, out_dir: str | Path, *, progress: bool = False
+    ds: LoadedDataset,
+    cfg: BenchmarkConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = False,
+    resume: bool = False,
 ) -> DatasetResult:
-    """One dataset end to end: prepare, run every method per seed, write its CSV and plot."""
+    """One dataset end to end: prepare, run every method per seed, write its CSV and plot.
+
+    ``resume`` takes back the (seed, method) units a stopped run of the same settings wrote
+    to ``out_dir/<dataset>/units`` (:func:`run_dataset`).
+    """
     from metaad.evaluation.plots import plot_auprc_vs_k
 
     out = Path(out_dir)
     t0 = time.perf_counter()
     prep = prepare_dataset(ds, shots=cfg.shots, split_seed=cfg.split_seed)
-    res = run_dataset(prep, cfg, out / ds.name, progress=progress)
+    res = run_dataset(prep, cfg, out / ds.name, progress=progress, resume=resume)
     res.report = dict(ds.report)
     res.per_episode.to_csv(out / ds.name / "per_episode.csv", index=False)
     plot_auprc_vs_k(
@@ -888,8 +943,12 @@ def run_benchmark(
     tracking_uri: str | None = None,
     progress: bool = False,
     validate: bool = True,
+    resume: bool = False,
 ) -> BenchmarkResult:
     """Run the benchmark on ``cfg.datasets`` (or the given loaded ``datasets``) and report.
+
+    ``resume`` continues a stopped run in the same ``out_dir``: every (dataset, seed,
+    method) it finished under the same settings is taken back, not run again.
 
     ``validate`` runs each registered dataset's Great Expectations suite first and stops on
     a failure (a given ``LoadedDataset`` is a caller's own table and is not re-validated).
@@ -909,7 +968,9 @@ def run_benchmark(
                 validate=validate,
             )
             loaded.append(ds)
-    per = {ds.name: benchmark_dataset(ds, cfg, out, progress=progress) for ds in loaded}
+    per = {
+        ds.name: benchmark_dataset(ds, cfg, out, progress=progress, resume=resume) for ds in loaded
+    }
     return finish_benchmark(
         cfg,
         out,

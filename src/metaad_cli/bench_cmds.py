@@ -109,6 +109,14 @@ def benchmark(
     ] = None,
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Continue a stopped run in --out: take back each (dataset, seed, method) "
+            "it finished under the same settings instead of running it again.",
+        ),
+    ] = False,
 ) -> None:
     """The unseen-type benchmark: every method, K and seed on each dataset's frozen episodes."""
     _logging()
@@ -119,7 +127,9 @@ def benchmark(
         pairs = dict(s.split("=", 1) for s in (set_ or []) if "=" in s)
         cfg = with_overrides(load_params(params, pairs).benchmark, datasets=dataset, methods=method)
         uri = (tracking_uri or default_tracking_uri(Path("."))) if mlflow else None
-        res = run_benchmark(cfg, out or Path(cfg.output), tracking_uri=uri, progress=progress)
+        res = run_benchmark(
+            cfg, out or Path(cfg.output), tracking_uri=uri, progress=progress, resume=resume
+        )
         typer.echo(res.markdown)
         typer.echo(json.dumps({"verdict": res.results["verdict"], "mlflow_run": res.mlflow_run_id}))
     except MetaADError as exc:
