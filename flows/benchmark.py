@@ -80,7 +80,9 @@ def report(
 
 
 @task(cache_policy=NO_CACHE)
-def adbench_check(cfg: BenchmarkConfig, out_dir: str, data_dir: str | None) -> dict[str, Any]:
+def adbench_check(
+    cfg: BenchmarkConfig, out_dir: str, data_dir: str | None, resume: bool = False
+) -> dict[str, Any]:
     from metaad.adbench import adbench_markdown, run_adbench
 
     res = run_adbench(
@@ -93,6 +95,7 @@ def adbench_check(cfg: BenchmarkConfig, out_dir: str, data_dir: str | None) -> d
         data_dir=data_dir,
         out_dir=Path(out_dir) / "adbench",
         device=cfg.device,
+        resume=resume,
     )
     return {"markdown": adbench_markdown(res)}
 
@@ -134,7 +137,8 @@ def benchmark_flow(
     summary = report(cfg, str(out), per, checked, time.perf_counter() - t0, uri)
     md = summary["markdown"]
     if adbench:
-        md += "\n\n## ADBench check\n\n" + adbench_check(cfg, str(out), cfg.data_dir)["markdown"]
+        check = adbench_check(cfg, str(out), cfg.data_dir, resume)
+        md += "\n\n## ADBench check\n\n" + check["markdown"]
     create_markdown_artifact(key="metaad-benchmark", markdown=md, description="metaad benchmark")
     return summary
 

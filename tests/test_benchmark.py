@@ -713,6 +713,58 @@ def test_adbench_check_puts_published_numbers_beside_ours(tmp_path: Path) -> Non
     assert len(pd.read_csv(tmp_path / "adbench_runs.csv")) == 2
 
 
+def test_a_stopped_adbench_check_resumes_from_its_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every finished run is journalled as it ends; resuming runs only the rest and gives
+    the numbers of a check never stopped. A line cut short by the stop is dropped and its
+    run redone; runs journalled under other settings are refused by name."""
+    import metaad.adbench as adb
+    import metaad.datasets.adbench as adb_data
+    from metaad.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(580, 6)), rng.normal(2.5, 1.0, size=(40, 6))])
+    y = np.r_[np.zeros(580, int), np.ones(40, int)]
+    monkeypatch.setattr(adb_data, "arrays", lambda name, data_dir=None: (X, y))
+    real, calls, stop = adb.run_one, [], {"after": None}
+
+    def counted(sp, method, **kw):
+        if stop["after"] is not None and len(calls) == stop["after"]:
+            raise KeyboardInterrupt
+        calls.append((kw["seed"], method))
+        return real(sp, method, **kw)
+
+    monkeypatch.setattr(adb, "run_one", counted)
+    kw: dict[str, Any] = dict(ratios=[0.05], seeds=[1, 2], methods=["lr_sup", "iforest"], steps=5)
+    whole = adb.run_adbench(["blobs"], out_dir=tmp_path / "whole", **kw)
+    calls.clear()
+    stop["after"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        adb.run_adbench(["blobs"], out_dir=tmp_path / "r", **kw)
+    journal = tmp_path / "r" / "adbench_runs.jsonl"
+    assert len(journal.read_text().splitlines()) == 3
+    calls.clear()
+    stop["after"] = None
+    resumed = adb.run_adbench(["blobs"], out_dir=tmp_path / "r", resume=True, **kw)
+    assert calls == [(2, "iforest")]
+
+    def scores(res: dict) -> Any:
+        return [(r["dataset"], r["AUCROC"]["metaad"], r["AUCPR"]["metaad"])
+                for r in res["ratios"]["0.05"]["rows"]]  # fmt: skip
+
+    assert scores(resumed) == scores(whole)
+    assert len(pd.read_csv(tmp_path / "r" / "adbench_runs.csv")) == 4
+    with journal.open("a") as fh:
+        fh.write('{"fingerprint": {"steps": 5}, "run": {"data')  # killed mid-line
+    calls.clear()
+    again = adb.run_adbench(["blobs"], out_dir=tmp_path / "r", resume=True, **kw)
+    assert calls == [] and scores(again) == scores(whole)
+    assert len(journal.read_text().splitlines()) == 4  # the cut line is gone
+    with pytest.raises(ConfigError, match=r"cannot resume blobs ratio 0.05 seed 1 lr_sup"):
+        adb.run_adbench(["blobs"], out_dir=tmp_path / "r", resume=True, **{**kw, "steps": 6})
+
+
 def test_published_adbench_numbers_ship_inside_the_package() -> None:
     """The published table is package data, so ``metaad adbench`` works from a wheel too."""
     import tomllib

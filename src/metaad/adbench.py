@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metaad import __version__
 from metaad.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,30 @@ def published_for(pub: pd.DataFrame, dataset: str, ratio: float, metric: str) ->
 
 
 # -- the check ---------------------------------------------------------------------------
+def _read_journal(path: Path) -> dict[tuple[str, float, int, str], dict[str, Any]]:
+    """The runs a stopped check finished: (set, ratio, seed, method) -> its record.
+
+    A last line cut short by the stop is dropped (its run is done again); a damaged line
+    before the last is an error, since what follows it cannot be trusted either.
+    """
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()
+    out: dict[tuple[str, float, int, str], dict[str, Any]] = {}
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+            run = rec["run"]
+            key = (run["dataset"], float(run["ratio"]), int(run["seed"]), run["method"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            if i == len(lines) - 1:
+                log.warning("adbench: %s ends in a half-written line; that run is redone", path)
+                break
+            raise DataError(f"{path}: line {i + 1} is not a run record ({exc})") from exc
+        out[key] = rec
+    return out
+
+
 def run_adbench(
     sets: Sequence[str],
     *,
@@ -292,11 +317,26 @@ def run_adbench(
     published: str | Path | None = None,
     out_dir: str | Path | None = None,
     device: str = "auto",
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Every (set, ratio, seed, method); mean over seeds; published numbers beside them."""
+    """Every (set, ratio, seed, method); mean over seeds; published numbers beside them.
+
+    With ``out_dir`` every finished run is appended to ``adbench_runs.jsonl`` as it ends,
+    so a stopped check keeps what it did; ``resume`` takes those runs back instead of
+    running them again, when they were run with the same steps, hparams and metaad version
+    (else :class:`ConfigError`, naming the difference). Without ``resume`` the file starts
+    anew.
+    """
     from metaad.datasets.adbench import arrays
 
     pub = read_published(published)
+    if resume and out_dir is None:
+        raise ConfigError("adbench: resume needs the out_dir of the run to continue")
+    journal = None if out_dir is None else Path(out_dir) / "adbench_runs.jsonl"
+    done = _read_journal(journal) if resume and journal is not None else {}
+    if journal is not None:  # rewritten from what was kept: no cut-short line stays inside
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        journal.write_text("".join(json.dumps(rec) + "\n" for rec in done.values()))
     runs: list[dict[str, Any]] = []
     for name in sets:
         X, y = arrays(name, data_dir)
@@ -304,22 +344,31 @@ def run_adbench(
             for seed in seeds:
                 sp = adbench_split(X, y, seed=seed, ratio=ratio)
                 for m in methods:
-                    r = run_one(
-                        sp,
-                        m,
-                        seed=seed,
-                        steps=steps,
-                        hparams=(hparams or {}).get(m),
-                        device=device,
-                    )
-                    runs.append(
-                        {"dataset": name, "ratio": ratio, "seed": seed, "method": m,
-                         "n_labelled": sp.n_labelled, "n_train_anomalies": sp.n_train_anomalies,
-                         "n_test": len(sp.y_test), **r}
-                    )  # fmt: skip
+                    hp = dict((hparams or {}).get(m) or {})
+                    fp = {"steps": steps, "hparams": hp, "version": __version__}
+                    fp = json.loads(json.dumps(fp))  # as it reads back from the journal
+                    key = (name, float(ratio), int(seed), m)
+                    if key in done:
+                        rec = done[key]
+                        if rec["fingerprint"] != fp:
+                            raise ConfigError(
+                                f"adbench: cannot resume {name} ratio {ratio} seed {seed} {m}: "
+                                f"{journal} has it with {rec['fingerprint']}, this run asks "
+                                f"for {fp}; use another --out or run without --resume"
+                            )
+                        runs.append(rec["run"])
+                        continue
+                    r = run_one(sp, m, seed=seed, steps=steps, hparams=hp, device=device)
+                    row = {"dataset": name, "ratio": ratio, "seed": seed, "method": m,
+                           "n_labelled": sp.n_labelled, "n_train_anomalies": sp.n_train_anomalies,
+                           "n_test": len(sp.y_test), **r}  # fmt: skip
+                    runs.append(row)
+                    if journal is not None:
+                        with journal.open("a") as fh:
+                            fh.write(json.dumps({"fingerprint": fp, "run": row}) + "\n")
                     log.info(
                         "adbench %s ratio %.2f seed %d %s: AUCROC %.3f AUCPR %.3f (%d labelled)",
-                        name, ratio, seed, m, r["aucroc"], r["aucpr"], sp.n_labelled,
+                        name, ratio, seed, m, row["aucroc"], row["aucpr"], sp.n_labelled,
                     )  # fmt: skip
     frame = pd.DataFrame(runs)
     result = summarise_adbench(frame, pub, methods=methods, ratios=ratios)
@@ -371,18 +420,17 @@ def summarise_adbench(
                     for m in PUBLISHED_METHODS
                     if all(m in r[metric]["published"] for r in rows)
                 },
-                "published_best_per_set_mean": float(
-                    np.mean(
-                        [
-                            r[metric]["published_best"][1]
-                            for r in rows
-                            if r[metric]["published_best"]
-                        ]
-                    )
+                "published_best_per_set_mean": _mean_or_none(
+                    [r[metric]["published_best"][1] for r in rows if r[metric]["published_best"]]
                 ),
             }
         out["ratios"][str(ratio)] = {"rows": rows, "means": means}
     return out
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    """None, not NaN and a warning, when no set has a published number."""
+    return float(np.mean(values)) if values else None
 
 
 def adbench_markdown(result: Mapping[str, Any]) -> str:
@@ -414,7 +462,8 @@ def adbench_markdown(result: Mapping[str, Any]) -> str:
             cells = ["**mean**", ""]
             cells += [f"**{mm['metaad'][m]:.3f}**" for m in methods]
             cells += [f"{mm['published'][p]:.3f}" if p in mm["published"] else "–" for p in pubs]
-            cells.append(f"{mm['published_best_per_set_mean']:.3f}")
+            best_mean = mm["published_best_per_set_mean"]
+            cells.append("–" if best_mean is None else f"{best_mean:.3f}")
             lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
     return "\n\n".join(parts)

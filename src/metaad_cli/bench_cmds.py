@@ -175,6 +175,13 @@ def adbench(
     params: Annotated[Path, typer.Option("--params")] = Path("params.yaml"),
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("artifacts/benchmark/adbench"),
     path: PathOpt = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Continue a stopped check in --out: take back the runs it finished.",
+        ),
+    ] = False,
 ) -> None:
     """ADBench's semi-supervised protocol, with the published numbers beside ours."""
     _logging()
@@ -192,6 +199,7 @@ def adbench(
             data_dir=path or cfg.data_dir,
             out_dir=out,
             device=cfg.device,
+            resume=resume,
         )
         typer.echo(adbench_markdown(res))
     except MetaADError as exc:
