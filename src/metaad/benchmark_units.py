@@ -15,6 +15,11 @@ worse than a rerun. A unit whose files are incomplete (the process died while wr
 not a unit and is computed again; the marker (``.json``) is written last, by rename.
 
 Failed units are not stored, so a resumed run tries them again.
+
+What the check cannot see: the episode file's digest covers the test pool (the file carries
+its fingerprint) but the code only through the version number, so a unit computed before an
+edit of the code under the same version is taken back. Resume a run only with the code that
+started it (the digests of its episodes are checked; its commit is the user's to keep).
 """
 
 from __future__ import annotations
