@@ -9,7 +9,8 @@ takes it back instead of training again.
 
 A unit is taken back only when it is the unit the run would compute: the same dataset, the
 same frozen episode file (its sha256), the same training settings of that method and seed,
-the same K and episodes per seed, and the same metaad version. Anything else is refused with
+the same K and episodes per seed, the same kind of device (a GPU's bf16 scores are not a
+CPU's) and the same metaad version. Anything else is refused with
 the difference named, never silently mixed: numbers of two configurations in one table are
 worse than a rerun. A unit whose files are incomplete (the process died while writing) is
 not a unit and is computed again; the marker (``.json``) is written last, by rename.
@@ -37,9 +38,6 @@ from metaad import __version__
 from metaad.config import TrainConfig
 from metaad.errors import ConfigError, DataError
 
-#: What must equal for a stored unit to stand in for a fresh one (beside method and seed).
-FINGERPRINT_KEYS = ("dataset", "episodes_sha256", "train", "shots", "n_episodes", "version")
-
 
 @dataclass
 class Unit:
@@ -61,12 +59,15 @@ def fingerprint(
     n_episodes: int,
 ) -> dict[str, Any]:
     """The settings a unit's numbers depend on, in the JSON form they are stored in."""
+    from metaad.device import resolve_device
+
     fp = {
         "dataset": dataset,
         "episodes_sha256": episodes_sha256,
         "train": dataclasses.asdict(train),
         "shots": [int(k) for k in shots],
         "n_episodes": int(n_episodes),
+        "device": resolve_device(train.device).type,
         "version": __version__,
     }
     return json.loads(json.dumps(fp))  # tuples -> lists, as they come back from disk
