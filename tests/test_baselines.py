@@ -47,6 +47,7 @@ FLOORS = {
     "hgb_sup": 0.5,
     "catboost": 0.5,
     "lr_sup": 0.8,
+    "lr_pool": 0.8,
     "proto_raw": 0.8,
     "finetune": 0.8,
     "devnet": 0.8,
@@ -121,6 +122,7 @@ def test_registry_names_and_family():
         "hgb_sup",
         "catboost",
         "lr_sup",
+        "lr_pool",
         "proto_raw",
         "finetune",
         "devnet",
@@ -247,6 +249,37 @@ def test_supervised_need_pool_anomalies(name):
     normals_only = POOL.subset(POOL.normal_idx)
     with pytest.raises(ValueError, match="no labelled anomaly"):
         _new(name).fit(normals_only, CFG)
+
+
+def test_lr_sup_and_lr_pool_differ_only_in_the_scaling_they_fit_in():
+    """``lr_sup`` standardises by the support normals (floored), ``lr_pool`` keeps the
+    pipeline's scaling; both are plain scikit-learn logistic regressions otherwise."""
+    from sklearn.linear_model import LogisticRegression
+
+    Xs, ys, Xq, _ = _episode("e", 5)
+    Xs, Xq = Xs.astype(np.float64), Xq.astype(np.float64)  # the baselines fit in float64
+    Xs[ys == 0, 3] = 0.25  # a column constant in the support normals: its sd is the floor
+    mu = Xs[ys == 0].mean(axis=0)
+    sd = np.maximum(Xs[ys == 0].std(axis=0), 1e-3)
+    for name, scale in (("lr_sup", sd), ("lr_pool", np.ones(D))):
+        ref = LogisticRegression(C=1.0, max_iter=1000).fit((Xs - mu) / scale, ys)
+        got = _new(name).adapt(Xs, ys).score(Xq)
+        np.testing.assert_allclose(got, ref.decision_function((Xq - mu) / scale), rtol=1e-9)
+        # K = 0: the distance to the support-normal mean in the same scaling.
+        s0 = _new(name).adapt(Xs[ys == 0], ys[ys == 0]).score(Xq)
+        np.testing.assert_allclose(s0, np.linalg.norm((Xq - mu) / scale, axis=1), rtol=1e-9)
+    # The 1,000x blow-up of a support-constant column is what tells them apart.
+    a = _new("lr_sup").adapt(Xs, ys).score(Xq)
+    b = _new("lr_pool").adapt(Xs, ys).score(Xq)
+    assert not np.allclose(a, b)
+    # lr_sup with scale="pool" is lr_pool.
+    np.testing.assert_array_equal(
+        BASELINES["lr_sup"]((D,), scale="pool").adapt(Xs, ys).score(Xq), b
+    )
+    with pytest.raises(
+        ConfigError, match=r"lr_pool: scale must be 'pool' or 'support', got 'rows'"
+    ):
+        BASELINES["lr_pool"]((D,), scale="rows")
 
 
 def test_supervised_k0_is_the_pool_model_and_support_changes_it():
