@@ -553,6 +553,35 @@ def test_a_stopped_benchmark_resumes_from_the_units_it_finished(
     again = run("r", resume=True)
     assert calls == [(4, "proto_raw")]
     assert quality(again.results["datasets"]["blobs"]["results"]) == quality(want["results"])
+    assert "method_notes" not in again.results["datasets"]["blobs"] or not any(
+        "code" in n
+        for ns in again.results["datasets"]["blobs"]["method_notes"].values()
+        for n in ns
+    )  # same code: nothing to say
+    # Units from other code are taken back and say so (the code is recorded, not checked).
+    import metaad.benchmark_units as bu
+
+    marker = units / "seed3__lr_sup.json"
+    stored = json.loads(marker.read_text())
+    assert stored["code"] == bu.code_identity()
+    stored["code"] = {"source_sha256": "ab" * 32, "git_commit": "0123456789abcdef"}
+    marker.write_text(json.dumps(stored))
+    legacy = json.loads((units / "seed3__proto.json").read_text())
+    del legacy["code"]  # a unit written before the code was recorded
+    (units / "seed3__proto.json").write_text(json.dumps(legacy))
+    calls.clear()
+    other = run("r", resume=True)
+    assert calls == []
+    assert quality(other.results["datasets"]["blobs"]["results"]) == quality(want["results"])
+    notes = other.results["datasets"]["blobs"]["method_notes"]
+    now = bu.code_identity()["source_sha256"][:12]
+    assert any(
+        n.startswith("seed 3: computed by other code (commit 012345678, source abababababab;")
+        and f"source {now})" in n
+        for n in notes["lr_sup"]
+    ), notes
+    assert "seed 3: taken back from a unit that does not record its code" in notes["proto"]
+    assert "computed by other code" in (tmp_path / "r" / "results.md").read_text()
     calls.clear()
     run("r")  # without resume: every unit anew
     assert calls == [(s, m) for s in (3, 4) for m in cfg.methods]

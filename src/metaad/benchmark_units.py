@@ -17,17 +17,24 @@ not a unit and is computed again; the marker (``.json``) is written last, by ren
 
 Failed units are not stored, so a resumed run tries them again.
 
-What the check cannot see: the episode file's digest covers the test pool (the file carries
-its fingerprint) but the code only through the version number, so a unit computed before an
-edit of the code under the same version is taken back. Resume a run only with the code that
-started it (the digests of its episodes are checked; its commit is the user's to keep).
+The code is recorded, not checked: every unit stores the sha256 of metaad's own source files
+and the git commit when there is one (:func:`code_identity`), and a unit taken back from
+other code is reported with a note naming both (``computed by other code: commit ...``),
+beside the method in ``results.md`` and ``results.json``. Refusing it instead would be
+stricter than ``benchmark-merge``, which joins runs of different commits on the same frozen
+episodes; a run resumed across a commit (the catboost jobs of the README ran across two)
+then says so itself. A unit written before this record existed gets a note that its code is
+unknown.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +80,48 @@ def fingerprint(
     return json.loads(json.dumps(fp))  # tuples -> lists, as they come back from disk
 
 
+@functools.lru_cache(maxsize=1)
+def code_identity() -> dict[str, str | None]:
+    """The sha256 of metaad's source files (path and bytes, sorted) and the git commit of the
+    checkout they sit in (``None`` for an installed wheel, or where git is missing)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    commit = None
+    try:  # only a checkout that tracks these files names their commit (not a venv in a repo)
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "__init__.py"],
+            cwd=root, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if tracked.returncode == 0:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+            )
+            commit = out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"source_sha256": digest.hexdigest(), "git_commit": commit}
+
+
+def _code_note(seed: int, stored: dict[str, Any] | None) -> str | None:
+    """A note for a unit taken back from other code, ``None`` when the code is the same."""
+    now = code_identity()
+    if stored is None:
+        return f"seed {seed}: taken back from a unit that does not record its code"
+    if stored.get("source_sha256") == now["source_sha256"]:
+        return None
+
+    def show(c: dict[str, Any]) -> str:
+        commit = c.get("git_commit")
+        sha = str(c.get("source_sha256", ""))[:12]
+        return f"commit {commit[:9]}, source {sha}" if commit else f"source {sha}"
+
+    return f"seed {seed}: computed by other code ({show(stored)}; this run: {show(now)})"
+
+
 def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
     if isinstance(stored, dict) and isinstance(current, dict):
         out: list[str] = []
@@ -114,6 +163,7 @@ class UnitStore:
             "val_auprc": unit.val_auprc,
             "notes": list(unit.notes),
             "rows": len(unit.per),
+            "code": code_identity(),
         }
         tmp_meta = meta.with_name(meta.name + ".tmp")
         tmp_meta.write_text(json.dumps(record, indent=1))
@@ -150,10 +200,14 @@ class UnitStore:
                 f"{rows}: {len(per)} rows of {sorted(set(per['method']))}, but its marker says "
                 f"{record['rows']} rows of {method}; delete both files to rerun"
             )
+        notes = list(record.get("notes", []))
+        code_note = _code_note(seed, record.get("code"))
+        if code_note is not None:
+            notes.append(code_note)
         return Unit(
             per=per,
             fit_s=float(record["fit_s"]),
             eval_s=float(record["eval_s"]),
             val_auprc=record.get("val_auprc"),
-            notes=list(record.get("notes", [])),
+            notes=notes,
         )
