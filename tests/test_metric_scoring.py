@@ -45,18 +45,16 @@ def test_score_many_refuses_states_of_different_models() -> None:
 @pytest.mark.parametrize("k_nn", [0, 1, 5])
 @pytest.mark.parametrize("shots", [0, 4])
 @pytest.mark.parametrize("shape", [(7,), (6, 3)])
-@pytest.mark.parametrize(("raw_proto", "raw_head_scale"), [(False, "pool"), (True, "support")])
+@pytest.mark.parametrize("raw_proto", [False, True])
 def test_folded_scoring_equals_the_training_logit(
-    k_nn: int, shots: int, shape, raw_proto: bool, raw_head_scale: str
+    k_nn: int, shots: int, shape, raw_proto: bool
 ) -> None:
     """Scoring folds the logit into one matrix product; it must stay the training logit
     (every term: k-NN or prototype, anomaly prototype, prior, both heads, raw prototypes,
     scalings)."""
     torch.manual_seed(k_nn + shots)
     rng = np.random.default_rng(1)
-    det = MetricLearner(
-        shape, memory=16, k_nn=k_nn, raw_proto=raw_proto, raw_head_scale=raw_head_scale
-    )
+    det = MetricLearner(shape, memory=16, k_nn=k_nn, raw_proto=raw_proto)
     with torch.no_grad():  # move every learned scalar off its initial value
         for p in det.net.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -149,57 +147,3 @@ def test_weights_saved_before_the_raw_prototype_term_still_load(tmp_path) -> Non
 
     with pytest.raises(ConfigError, match="raw_proto_w"):
         MetricLearner((5,), memory=4, raw_proto=True).load_weights(tmp_path / "m")
-
-
-@pytest.mark.parametrize("shape", [(6,), (5, 3)])
-def test_support_scaled_raw_head_is_a_head_on_the_support_standardised_features(shape) -> None:
-    """``raw_head_scale="support"``: the raw head is fitted on raw summaries standardised by
-    the support normals (floored), so the learned per-feature weights cancel out of it, and
-    its weights are mapped back so that the usual scoring path gives the same head."""
-    from metaad.models.metric import raw_summary
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(4)
-    det = MetricLearner(shape, memory=0, raw_head_scale="support", raw_head_floor=0.3)
-    normals = rng.normal(scale=0.5, size=(30, *shape)).astype(np.float32)
-    normals[..., 0] = 1.25  # a constant column: its spread is the floor, not 0
-    anomalies = rng.normal(loc=1.0, size=(5, *shape)).astype(np.float32)
-    xs = torch.as_tensor(np.r_[anomalies, normals])[None]
-    ys = torch.as_tensor(np.r_[np.ones(5), np.zeros(30)].astype(np.int64))[None]
-    X = torch.as_tensor(rng.normal(size=(400, *shape)).astype(np.float32))
-    core = det.core
-
-    def raw_head(st) -> torch.Tensor:
-        _, qr = det.net.embed(X)
-        return (core._raw_features(qr[None]) @ st.raw_w[:, :, None])[0, :, 0]
-
-    with torch.no_grad():
-        st = core.adapt(xs, ys)
-        got = raw_head(st)
-        # The reference: the same solver on explicitly standardised raw summaries.
-        u = raw_summary(xs[0]).double()
-        mu = u[5:].mean(0)
-        sd = u[5:].std(0, unbiased=False).clamp_min(0.3)
-        feats = torch.cat([(u - mu) / sd, torch.ones(len(u), 1, dtype=u.dtype)], 1).float()
-        emb = core._emb_features(det.net.embed(xs[0])[0])
-        _, w = core._fit_heads(
-            [emb[None, :5], feats[None, :5]],
-            [emb[None, 5:], feats[None, 5:]],
-            [det.net.ridge_lam, det.net.raw_lam],
-        )
-        q = torch.cat([(raw_summary(X).double() - mu) / sd, torch.ones(len(X), 1)], 1).float()
-        np.testing.assert_allclose(got.numpy(), (q @ w[0]).numpy(), rtol=1e-4, atol=1e-4)
-        assert float(sd[0]) == pytest.approx(0.3)  # the constant column sits on the floor
-        # The learned raw metric cancels out of this head (not out of the pool-scaled one).
-        det.net.raw_weight.add_(torch.linspace(-1.0, 1.0, det.net.raw_dim))
-        np.testing.assert_allclose(raw_head(core.adapt(xs, ys)).numpy(), got.numpy(), atol=1e-3)
-        core.raw_head_scale = "pool"
-        pool_before = raw_head(core.adapt(xs, ys))
-        det.net.raw_weight.add_(torch.linspace(1.0, -1.0, det.net.raw_dim))
-        assert not torch.allclose(raw_head(core.adapt(xs, ys)), pool_before, atol=1e-3)
-    from metaad.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="raw_head_scale must be 'pool' or 'support', got 'x'"):
-        MetricLearner(shape, raw_head_scale="x")
-    with pytest.raises(ConfigError, match="raw_head_floor must be > 0"):
-        MetricLearner(shape, raw_head_floor=0.0)

@@ -192,13 +192,9 @@ class MetricCore:
         head: str = "logistic",
         newton_steps: int = 4,
         raw_proto: bool = False,
-        raw_head_scale: str = "pool",
-        raw_head_floor: float = 0.3,
     ) -> None:
         self.net = net
         self.raw_proto = raw_proto
-        self.raw_head_scale = raw_head_scale
-        self.raw_head_floor = raw_head_floor
         self.head = head
         self.newton_steps = newton_steps
         self.prior_head = prior_head
@@ -264,7 +260,6 @@ class MetricCore:
         z, r = z.reshape(B, S, -1), r.reshape(B, S, -1)
         norm_mask = ys[0] == 0  # same layout across the batch (sampler guarantees)
         nz, nr = z[:, norm_mask], r[:, norm_mask]
-        support_nr = nr
         if nz.shape[1] >= 2:
             scale = self._normal_distance(nz, nr, nz, nr, exclude_self=True).mean(-1)
         else:
@@ -278,14 +273,11 @@ class MetricCore:
         ar = r[:, anom_mask] if anom_mask.any() else None
         st = TaskState(nz, nr, az, ar, scale.detach().clamp_min(_EPS) + scale - scale.detach())
         if self.ridge and az is not None and ar is not None:
-            if self.raw_head_scale == "support":
-                st.ridge_w, st.raw_w = self._fit_heads_support_scaled(az, ar, nz, nr, support_nr)
-            else:
-                st.ridge_w, st.raw_w = self._fit_heads(
-                    [self._emb_features(az), self._raw_features(ar)],
-                    [self._emb_features(nz), self._raw_features(nr)],
-                    [self.net.ridge_lam, self.net.raw_lam],
-                )
+            st.ridge_w, st.raw_w = self._fit_heads(
+                [self._emb_features(az), self._raw_features(ar)],
+                [self._emb_features(nz), self._raw_features(nr)],
+                [self.net.ridge_lam, self.net.raw_lam],
+            )
         if self.raw_proto and anom_mask.any():
             un = raw_summary(xs[:, norm_mask].reshape(-1, *xs.shape[2:])).float()
             un = un.reshape(B, int(norm_mask.sum()), -1)
@@ -295,42 +287,6 @@ class MetricCore:
             spread = _eucl(un, st.proto_n)[..., 0].mean(-1)
             st.proto_scale = spread.clamp_min(_EPS)
         return st
-
-    def _fit_heads_support_scaled(
-        self,
-        az: torch.Tensor,
-        ar: torch.Tensor,
-        nz: torch.Tensor,
-        nr: torch.Tensor,
-        support_nr: torch.Tensor,
-    ) -> list[torch.Tensor]:
-        """The two heads, the raw one fitted on raw features standardised by the task's own
-        support normals (``raw_head_scale="support"``, as the ``lr_sup`` baseline scales).
-
-        The learned per-feature weights cancel in that standardisation, so the head sees
-        each feature by how far it lies from this task's normals, in units of their spread
-        (floored at ``raw_head_floor`` preprocessed units, so a column that is constant in
-        the support is not blown up). The fitted weights are mapped back onto the usual raw
-        features (a per-feature rescale and a bias), so scoring, fused scoring and serving
-        use the state as they use the pool-scaled head's.
-        """
-        c = F.softplus(self.net.raw_weight).float() / np.sqrt(self.net.raw_dim)  # r = u * c
-        us = support_nr.float() / c
-        mu = us.mean(1, keepdim=True)
-        sd = us.std(1, unbiased=False, keepdim=True).clamp_min(self.raw_head_floor)
-
-        def std_features(r: torch.Tensor) -> torch.Tensor:
-            t = (r.float() / c - mu) / sd
-            return torch.cat([t, torch.ones_like(t[..., :1])], dim=-1)
-
-        ridge_w, w = self._fit_heads(
-            [self._emb_features(az), std_features(ar)],
-            [self._emb_features(nz), std_features(nr)],
-            [self.net.ridge_lam, self.net.raw_lam],
-        )
-        coef = w[:, :-1] / (c * sd[:, 0] * np.sqrt(self.net.raw_dim))
-        bias = w[:, -1] - (w[:, :-1] * mu[:, 0] / sd[:, 0]).sum(-1)
-        return [ridge_w, torch.cat([coef, bias[:, None]], dim=-1)]
 
     def _emb_features(self, z: torch.Tensor) -> torch.Tensor:
         ones = torch.ones(*z.shape[:-1], 1, device=z.device, dtype=z.dtype)
@@ -722,15 +678,9 @@ class MetricLearner(Detector):
         head: str = "logistic",
         synthetic_tasks: float = 0.25,
         raw_proto: bool = False,
-        raw_head_scale: str = "pool",
-        raw_head_floor: float = 0.3,
         seed: int = 0,
     ) -> None:
         loss = loss or self.default_loss
-        if raw_head_scale not in ("pool", "support"):
-            raise ConfigError(f"raw_head_scale must be 'pool' or 'support', got {raw_head_scale!r}")
-        if not raw_head_floor > 0:
-            raise ConfigError(f"raw_head_floor must be > 0, got {raw_head_floor}")
         if not 0.0 <= synthetic_tasks <= 1.0:
             raise ConfigError(f"synthetic_tasks must be in [0, 1], got {synthetic_tasks}")
         if head not in ("ridge", "logistic"):
@@ -762,8 +712,6 @@ class MetricLearner(Detector):
             head=head,
             synthetic_tasks=float(synthetic_tasks),
             raw_proto=bool(raw_proto),
-            raw_head_scale=raw_head_scale,
-            raw_head_floor=float(raw_head_floor),
             seed=int(seed),
         )
         torch.manual_seed(seed)
@@ -779,8 +727,6 @@ class MetricLearner(Detector):
             bool(prior_head),
             head,
             raw_proto=bool(raw_proto),
-            raw_head_scale=raw_head_scale,
-            raw_head_floor=float(raw_head_floor),
         )
         self.device = torch.device("cpu")
         self._mem_cache: tuple[torch.Tensor, torch.Tensor] | None = None
