@@ -553,7 +553,8 @@ class LRSupBaseline(_SupportOnly):
     On the benchmark's seed-0 episodes (K=5 macro AUPRC, support vs pool): NSL-KDD 0.788 vs
     0.882, where 50 normal rows leave many one-hot and count columns constant, so their
     standard deviation is the floor and an anomaly's value there is multiplied by up to
-    1,000; SKAB 0.845 vs 0.783, where each scenario's normals are tighter than the pool's;
+    1,000; SKAB 0.845 vs 0.783, where measuring a window against its own task's normals is
+    what makes the regression strong;
     Tennessee Eastman 0.562 vs 0.582; Sparkov 0.289 vs 0.288. So both run as baselines, and
     a set's best baseline is the better of the two.
 
