@@ -226,11 +226,12 @@ class ScaleConfig:
             )
 
 
-#: Every meta-learner and every baseline of DESIGN.md: what the benchmark runs by default.
+#: Every meta-learner and every baseline of DESIGN.md, and ``metric_ens`` (the four metric
+#: learners averaged): what the benchmark runs by default.
 BENCHMARK_METHODS: tuple[str, ...] = (
     "proto", "siamese", "triplet", "deviation", "maml", "fomaml", "anil", "metasgd", "msl",
-    "iforest", "ecod", "knn", "hgb_sup", "catboost", "lr_sup", "lr_pool", "proto_raw", "finetune",
-    "devnet",
+    "metric_ens", "iforest", "ecod", "knn", "hgb_sup", "catboost", "lr_sup", "lr_pool",
+    "proto_raw", "finetune", "devnet",
 )  # fmt: skip
 ADBENCH_SETS: tuple[str, ...] = (
     "annthyroid", "campaign", "cardio", "donors", "mammography", "pendigits", "satellite",

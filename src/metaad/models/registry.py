@@ -17,10 +17,11 @@ from metaad.models.base import Detector
 
 def _all() -> dict[str, type[Detector]]:
     from metaad.models.baselines import BASELINES
+    from metaad.models.ensemble import ENSEMBLES
     from metaad.models.maml import MAML_MODELS
     from metaad.models.metric import METRIC_MODELS
 
-    return {**METRIC_MODELS, **MAML_MODELS, **BASELINES}
+    return {**METRIC_MODELS, **MAML_MODELS, **ENSEMBLES, **BASELINES}
 
 
 def list_methods() -> dict[str, str]:
