@@ -109,6 +109,10 @@ def test_it_counts_as_a_meta_learner_and_refuses_bad_members_by_name(pools) -> N
         create("metric_ens", shape, members=["metric_ens"])
     with pytest.raises(ConfigError, match=r"more than once: \['proto'\]"):
         create("metric_ens", shape, members=["proto", "proto"])
+    with pytest.raises(ConfigError, match=r"got the string 'proto' \(write \[proto\]\)"):
+        create("metric_ens", shape, members="proto")
+    with pytest.raises(ConfigError, match="values must be mappings"):
+        create("metric_ens", shape, members=["proto"], member_hparams={"proto": 512})
     with pytest.raises(ConfigError, match="at least one"):
         create("metric_ens", shape, members=[])
     with pytest.raises(UnknownMethodError, match=r"protoo.*valid methods"):

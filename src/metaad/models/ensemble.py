@@ -83,7 +83,15 @@ class MetricEnsemble(Detector):
     ) -> None:
         from metaad.models.registry import create, family_of
 
+        if isinstance(members, str):
+            raise ConfigError(
+                f"metric_ens: members must be a list of meta-learner names, got the string "
+                f"{members!r} (write [{members}])"
+            )
         members = [str(m) for m in members]
+        bad = {k: v for k, v in (member_hparams or {}).items() if not isinstance(v, Mapping)}
+        if bad:
+            raise ConfigError(f"metric_ens: member_hparams values must be mappings, got {bad}")
         member_hparams = {str(k): dict(v) for k, v in (member_hparams or {}).items()}
         if not members:
             raise ConfigError("metric_ens: members must name at least one meta-learner")
