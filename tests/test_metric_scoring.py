@@ -147,3 +147,61 @@ def test_weights_saved_before_the_raw_prototype_term_still_load(tmp_path) -> Non
 
     with pytest.raises(ConfigError, match="raw_proto_w"):
         MetricLearner((5,), memory=4, raw_proto=True).load_weights(tmp_path / "m")
+
+
+@pytest.mark.parametrize("shape", [(7,), (6, 3)])
+def test_task_norm_scores_do_not_move_with_a_task_offset(shape) -> None:
+    """``task_norm``: every row of a task is measured in its support normals' frame, so a
+    per-feature offset of the whole task (another run of the same plant, another operating
+    point) leaves its scores unchanged; without it they move. (Not with a memory bank: its
+    meta-train rows do not move with the task.) With a bank, several states still score
+    together as one by one."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    normals = rng.normal(size=(40, *shape)).astype(np.float32)
+    anomalies = rng.normal(loc=2.0, size=(4, *shape)).astype(np.float32)
+    y = np.r_[np.ones(4), np.zeros(40)].astype(np.int64)
+    X = rng.normal(scale=1.5, size=(300, *shape)).astype(np.float32)
+    offset = rng.normal(scale=3.0, size=shape[-1:]).astype(np.float32)  # per feature/channel
+    scores = {}
+    for tn in (0.0, 0.1):
+        det = MetricLearner(shape, memory=0, task_norm=tn)
+        here = det.adapt(np.r_[anomalies, normals], y)
+        moved = det.adapt(np.r_[anomalies, normals] + offset, y)
+        scores[tn] = (here.score(X), moved.score(X + offset))
+        if tn > 0:
+            det = MetricLearner(shape, memory=16, task_norm=tn)
+            det.net.memory.normal_()
+            det.net.memory_filled.fill_(True)
+            here = det.adapt(np.r_[anomalies, normals], y)
+            moved = det.adapt(np.r_[anomalies, normals] + offset, y)
+            assert here.state.norm_mu is not None
+            profile = det.adapt(normals, np.zeros(40, np.int64))
+            together = score_many([profile, here, moved], X, chunk=128)
+            for row, st in zip(together, [profile, here, moved], strict=True):
+                np.testing.assert_allclose(row, st.score(X), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(*scores[0.1], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(*scores[0.0], atol=1e-2)
+
+
+def test_task_norm_trains_saves_and_refuses_bad_values(tmp_path) -> None:
+    from metaad.errors import ConfigError
+    from metaad.models.base import FitConfig
+    from metaad.models.registry import load_detector
+
+    with pytest.raises(ConfigError, match="task_norm"):
+        MetricLearner((3,), task_norm=-0.1)
+    with pytest.raises(ConfigError, match="task_norm"):
+        MetricLearner((3,), task_norm=float("nan"))
+    rng = np.random.default_rng(6)
+    det = MetricLearner((6,), memory=8, task_norm=0.1, seed=1)
+    det.fit(_two_type_pool(rng), FitConfig(steps=12, meta_batch=4, shots=(1, 5)))
+    det.save(tmp_path / "m")
+    back = load_detector(tmp_path / "m")
+    assert back.core.task_norm == pytest.approx(0.1)
+    normals = rng.normal(size=(30, 6)).astype(np.float32)
+    anomalies = rng.normal(loc=2.5, size=(3, 6)).astype(np.float32)
+    y = np.r_[np.ones(3), np.zeros(30)].astype(np.int64)
+    X = rng.normal(size=(50, 6)).astype(np.float32)
+    Xs = np.r_[anomalies, normals]
+    np.testing.assert_allclose(back.adapt(Xs, y).score(X), det.adapt(Xs, y).score(X), atol=1e-6)
