@@ -478,3 +478,66 @@ def test_registry_names() -> None:
     assert sorted(MAML_MODELS) == sorted(VARIANTS)
     for name, cls in MAML_MODELS.items():
         assert cls.name == name and cls.family == "maml" and cls.persistable
+
+
+# -- task normalisation ---------------------------------------------------------------------
+def _offset(pool: Pool, offset: np.ndarray) -> Pool:
+    return Pool((pool.X + offset).astype(np.float32), pool.y, pool.types)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("metasgd", (8,)), ("maml", (8, 3))])
+def test_task_norm_makes_training_and_scoring_blind_to_a_task_offset(
+    name: str, shape: tuple[int, ...], pools: tuple[Pool, Pool]
+) -> None:
+    """``task_norm``: every task (support, query, validation tasks, a served support and
+    what it scores) is measured in its support normals' frame. So a per-feature offset of
+    the whole pool (another plant, another operating point) trains the same weights and
+    scores the same; without it, both move."""
+    train, test = pools if shape == (8,) else (window_pool(), window_pool())
+    rng = np.random.default_rng(3)
+    offset = rng.normal(scale=3.0, size=shape[-1:]).astype(np.float32)
+    a = np.flatnonzero(train.y == 1)[:4]
+    n = train.normal_idx[:40]
+    X_s, y_s = train.X[np.r_[a, n]], np.r_[np.ones(4), np.zeros(40)].astype(np.int64)
+    X_q = test.X[:300]
+    cfg = tiny_fit(4, (2,), val_every=2)
+    out = {}
+    for tn in (0.0, 0.1):
+        dets = []
+        for shift in (np.zeros_like(offset), offset):
+            det = small(name, input_shape=shape, inner_steps=2, task_norm=tn)
+            det.fit(_offset(train, shift), cfg, val=_offset(test, shift))
+            dets.append(det)
+        w = [flat([v.float() for v in d.state_tensors().values()]) for d in dets]
+        scores = [
+            d.adapt(X_s + s, y_s).score(X_q + s) for d, s in zip(dets, (0.0, offset), strict=True)
+        ]
+        out[tn] = (w, scores)
+    (w0, w1), (s0, s1) = out[0.1]
+    assert torch.allclose(w0, w1, atol=1e-5)
+    np.testing.assert_allclose(s0, s1, rtol=1e-4, atol=1e-4)
+    (w0, w1), (s0, s1) = out[0.0]
+    assert not torch.allclose(w0, w1, atol=1e-3)
+    assert not np.allclose(s0, s1, atol=1e-2)
+
+
+def test_task_norm_saves_loads_and_refuses_bad_values(pools: tuple[Pool, Pool], tmp_path) -> None:
+    from metaad.models.registry import load_detector
+
+    train, test = pools
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="task_norm must be 0"):
+            small("anil", task_norm=bad)
+    det = small("anil", task_norm=0.5)
+    det.fit(train, tiny_fit(3, (2,)))
+    det.save(tmp_path)
+    back = load_detector(tmp_path)
+    assert isinstance(back, MAML) and back.task_norm == 0.5
+    X_s = test.X[np.r_[test.type_index["t4"][:3], test.normal_idx[:30]]]
+    y_s = np.r_[np.ones(3), np.zeros(30)].astype(np.int64)
+    adapted = back.adapt(X_s, y_s)
+    assert adapted.frame is not None and det.adapt(X_s, y_s).frame is not None
+    np.testing.assert_array_equal(
+        adapted.score(test.X[:200]), det.adapt(X_s, y_s).score(test.X[:200])
+    )
+    assert small("anil").adapt(X_s, y_s).frame is None  # off by default

@@ -26,6 +26,12 @@ initialisation. So with K = 0 the adapted detector *is* the meta-learned initial
 (0 inner steps), and K = 0 tasks in ``train.shots`` train that initialisation directly as
 a zero-shot detector. :func:`adapt` itself still accepts a normals-only support (its loss
 then reduces to the normal half), so the choice lives in one place: :func:`steps_for_shots`.
+
+``task_norm`` (0 = off, the default; a positive value is a std floor) is the metric
+learners' option of the same name (:mod:`metaad.models.taskframe`): every row of a task,
+support and query, is standardised by the task's support normals (per feature, per channel
+for windows) before the scorer sees it, in meta-training, in validation and when serving;
+the adapted detector keeps the support's mean and std and applies them to what it scores.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from metaad.episodes.sampler import TaskBatch, sample_task_batch
 from metaad.errors import ConfigError, DataError, MetaADError, UnknownMethodError
 from metaad.models.base import Detector, FitConfig, History, StepCallback
 from metaad.models.encoders import make_encoder
+from metaad.models.taskframe import task_moments, task_normalise
 from metaad.train_hooks import TrainHooks, restore_loop_state, snapshot
 
 logger = logging.getLogger(__name__)
@@ -297,11 +304,18 @@ def _softplus_inverse(x: float) -> float:
 
 # -- the adapted detector -----------------------------------------------------------------
 class MAMLAdapted:
-    """A scorer adapted to one task: fixed parameters, scoring in ``no_grad`` chunks."""
+    """A scorer adapted to one task: fixed parameters, scoring in ``no_grad`` chunks.
 
-    def __init__(self, detector: MAML, params: Params) -> None:
+    ``frame`` is the support normals' ``(mean, std)`` when the detector has ``task_norm``
+    on; rows are then moved into that frame before the scorer sees them.
+    """
+
+    def __init__(
+        self, detector: MAML, params: Params, frame: tuple[Tensor, Tensor] | None = None
+    ) -> None:
         self._detector = detector
         self.params = params
+        self.frame = frame
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Anomaly score (the logit) per row of ``X``; higher means more anomalous."""
@@ -315,6 +329,8 @@ class MAMLAdapted:
                 chunk = torch.as_tensor(
                     X[start : start + SCORE_CHUNK], dtype=ref.dtype, device=ref.device
                 )
+                if self.frame is not None:
+                    chunk = task_normalise(chunk.unsqueeze(0), *self.frame)[0]
                 logits = functional_call(model, self.params, (chunk,))
                 out[start : start + len(chunk)] = logits.double().cpu().numpy()
         return out
@@ -347,8 +363,13 @@ class MAML(Detector):
         eval_inner_steps: int | None = None,
         grad_clip: float = 1.0,
         inner_grad_clip: float = 0.0,
+        task_norm: float = 0.0,
         seed: int = 0,
     ) -> None:
+        if not (math.isfinite(task_norm) and task_norm >= 0):
+            raise ConfigError(
+                f"{self.name}: task_norm must be 0 (off) or a positive std floor, got {task_norm}"
+            )
         if inner_lr <= 0:
             raise ConfigError(f"{self.name}: inner_lr must be > 0, got {inner_lr}")
         if inner_steps < 1:
@@ -372,6 +393,7 @@ class MAML(Detector):
             eval_inner_steps=None if eval_inner_steps is None else int(eval_inner_steps),
             grad_clip=float(grad_clip),
             inner_grad_clip=float(inner_grad_clip),
+            task_norm=float(task_norm),
             seed=int(seed),
         )
         with torch.random.fork_rng(devices=[]):
@@ -397,6 +419,29 @@ class MAML(Detector):
     def inner_grad_clip(self) -> float:
         """Largest inner-step gradient norm per task (0 = off; saved configs without it)."""
         return float(self.hparams["inner_grad_clip"])
+
+    @property
+    def task_norm(self) -> float:
+        """The std floor of task normalisation; 0 = off (module docstring)."""
+        return float(self.hparams.get("task_norm", 0.0))
+
+    def task_frame(
+        self, X_s: Tensor, y_s: Tensor, *others: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, Tensor] | None]:
+        """Move a task batch into its support normals' frame when ``task_norm`` is on.
+
+        ``X_s (B, S, ...)`` with labels ``y_s (B, S)`` (the same layout for every task of a
+        batch, as the sampler draws it); ``others`` (queries, ``(B, Q, ...)``) are moved
+        with the same moments. Returns the rows unchanged and no frame when it is off.
+        """
+        if self.task_norm <= 0:
+            return X_s, others, None
+        mu, sd = task_moments(X_s[:, y_s[0] == 0], self.task_norm)
+        return (
+            task_normalise(X_s, mu, sd),
+            tuple(task_normalise(o, mu, sd) for o in others),
+            (mu, sd),
+        )
 
     @property
     def eval_inner_steps(self) -> int:
@@ -570,6 +615,7 @@ class MAML(Detector):
             X_s, y_s, X_q, y_q = _gather(X_all, batch, device)
             if hooks is not None:  # DDP: this process's slice of the batch
                 X_s, y_s, X_q, y_q = hooks.take(X_s, y_s, X_q, y_q)
+            X_s, (X_q,), _ = self.task_frame(X_s, y_s, X_q)
             # fp32 on every device, unlike the metric learners' bf16 autocast on CUDA: on an
             # H200 these small vmapped networks are launch-bound (bench/bench_train.py: no
             # faster than 8 CPU threads), so bf16 buys no speed, and under autocast ANIL's
@@ -644,6 +690,8 @@ class MAML(Detector):
         dtype = next(self.model.parameters()).dtype
         X_s = torch.as_tensor(X_support, dtype=dtype, device=device)
         y_s = torch.as_tensor(y_support, dtype=dtype, device=device)
+        X_b, _, frame = self.task_frame(X_s.unsqueeze(0), y_s.unsqueeze(0))
+        X_s = X_b[0]
         steps = steps_for_shots(int((y_support == 1).sum()), self.eval_inner_steps)
         with torch.no_grad(), _SERVING_LOCK:
             lrs = {
@@ -661,7 +709,7 @@ class MAML(Detector):
                 max_grad_norm=self.inner_grad_clip,
             )
         # Clone: unadapted entries would otherwise alias the live initialisation.
-        return MAMLAdapted(self, {k: v.detach().clone() for k, v in fast.items()})
+        return MAMLAdapted(self, {k: v.detach().clone() for k, v in fast.items()}, frame)
 
     # -- validation -----------------------------------------------------------------------
     def _val_tasks(self, val: Pool, cfg: FitConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
@@ -678,7 +726,9 @@ class MAML(Detector):
         )
         dtype = next(self.model.parameters()).dtype
         X_all = torch.as_tensor(val.X, dtype=dtype, device=self.device)
-        return (*_gather(X_all, batch, self.device), shots)
+        X_s, y_s, X_q, y_q = _gather(X_all, batch, self.device)
+        X_s, (X_q,), _ = self.task_frame(X_s, y_s, X_q)
+        return X_s, y_s, X_q, y_q, shots
 
     def _validate(self, X_s: Tensor, y_s: Tensor, X_q: Tensor, y_q: Tensor, shots: int) -> float:
         """Mean AUPRC over the fixed validation tasks (vmapped :func:`adapt`, no outer graph)."""

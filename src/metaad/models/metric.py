@@ -84,6 +84,7 @@ from metaad.episodes.sampler import sample_task_batch
 from metaad.errors import ConfigError
 from metaad.models.base import Detector, FitConfig, History, StepCallback
 from metaad.models.encoders import make_encoder
+from metaad.models.taskframe import task_moments, task_normalise
 from metaad.train_hooks import TrainHooks, restore_loop_state, snapshot
 
 log = logging.getLogger(__name__)
@@ -168,30 +169,6 @@ def _chol(a: torch.Tensor) -> torch.Tensor:
     gives non-finite scores, which the promotion gate refuses by name, instead of raising
     deep inside ``adapt``. A finite ``gram + lam I`` is always positive definite."""
     return torch.linalg.cholesky_ex(a).L
-
-
-#: Task-normalised inputs are clipped here: a feature constant in the support normals is
-#: divided by the floor, and one far row must not dominate the encoder's first layer.
-TASK_NORM_CLIP = 50.0
-
-
-def task_moments(normals: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and floored std of a task's support normals ``(B, n, ...)``.
-
-    Windows ``(B, n, T, C)`` are pooled over rows and time, so a channel has one mean and
-    one std per task. The std is ``sqrt(var + floor^2)``: smooth, and a feature that is
-    constant in fifty normal rows (a one-hot column) is scaled by ``1/floor``, not 1/0.
-    """
-    dims = tuple(range(1, normals.dim() - 1))
-    nf = normals.float()
-    mu = nf.mean(dim=dims, keepdim=True)
-    var = ((nf - mu) ** 2).mean(dim=dims, keepdim=True)
-    return mu, (var + floor * floor).sqrt()
-
-
-def task_normalise(x: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
-    """Rows ``(B, m, ...)`` in a task's frame (see :func:`task_moments`), clipped."""
-    return ((x.float() - mu) / sd).clamp(-TASK_NORM_CLIP, TASK_NORM_CLIP).to(x.dtype)
 
 
 @dataclass
