@@ -895,3 +895,130 @@ def test_benchmark_flow_and_cli_on_a_real_dataset(
     )
     assert "validation passed" in text and "46806 rows" in text
     assert len(pd.read_parquet(tmp_path / "t" / "skab.parquet")) == 46806
+
+
+# -- benchmark-compare: any two methods of a run, paired --------------------------------------
+def test_compare_reproduces_the_headline_paired_margin_from_the_csv_alone(tiny_run: Any) -> None:
+    """`metaad benchmark-compare` read back from per_episode.csv gives the headline's paired
+    delta and interval for the same two methods, and the report's macro means for each."""
+    from metaad.benchmark_compare import compare_methods, read_per_episode
+
+    res, _ = tiny_run
+    head = next(h for h in res.results["headline"] if h["dataset"] == "blobs")["k5"]
+    meta, base = head["best_meta"]["method"], head["best_baseline"]["method"]
+    table = compare_methods(read_per_episode(res.out_dir), base, meta)
+    assert sorted(table["shots"]) == [0, 1, 5] and set(table["dataset"]) == {"blobs"}
+    row = table[table["shots"] == 5].iloc[0]
+    paired = head["delta_paired"]
+    assert row["delta"] == pytest.approx(paired["mean"])
+    assert row["lo"] == pytest.approx(paired["lo"]) and row["hi"] == pytest.approx(paired["hi"])
+    assert row["n_episodes"] == paired["n_episodes"]
+    assert row["a_mean"] == pytest.approx(head["best_baseline"]["mean"])
+    assert row["b_mean"] == pytest.approx(head["best_meta"]["mean"])
+    # a dataset folder's own csv (no dataset column) gives the same rows
+    again = compare_methods(read_per_episode(res.out_dir / "blobs"), base, meta, shots=[5])
+    assert again.iloc[0]["delta"] == pytest.approx(row["delta"])
+
+
+def _toy_per_episode() -> pd.DataFrame:
+    """Two types with unequal episode counts (6 and 2), so the macro mean is not the pooled
+    one; method b is a + 0.1 on type x and a - 0.3 on type y, episode by episode."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for t, n, shift in (("x", 6, 0.1), ("y", 2, -0.3)):
+        for rep in range(n):
+            a = float(rng.uniform(0.4, 0.6))
+            for m, v in (("a", a), ("b", a + shift)):
+                rows.append(
+                    {
+                        "dataset": "toy",
+                        "seed": 1,
+                        "method": m,
+                        "type": t,
+                        "shots": 5,
+                        "rep": rep,
+                        "auprc": v,
+                        "auroc": v,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_compare_is_macro_over_types_and_paired_episode_by_episode() -> None:
+    from metaad.benchmark_compare import compare_methods, comparison_markdown
+
+    per = _toy_per_episode()
+    row = compare_methods(per, "a", "b").iloc[0]
+    # macro: (0.1 + (-0.3)) / 2, not the pooled (6 * 0.1 + 2 * -0.3) / 8 = 0
+    assert row["delta"] == pytest.approx(-0.1)
+    # every episode moves by its type's exact shift: no spread left to resample
+    assert row["lo"] == pytest.approx(-0.1) and row["hi"] == pytest.approx(-0.1)
+    a = per[per["method"] == "a"]
+    assert row["a_mean"] == pytest.approx(a.groupby("type")["auprc"].mean().mean())
+    assert row["n_episodes"] == 8
+    md = comparison_markdown(compare_methods(per, "a", "b"), "a", "b")
+    assert "| toy | 5 |" in md and "-0.100 [-0.100, -0.100] | 8 |" in md
+
+
+def test_compare_refuses_what_it_cannot_pair_by_name(tmp_path: Path) -> None:
+    from metaad.benchmark_compare import compare_methods, read_per_episode
+    from metaad.errors import ConfigError, DataError
+
+    per = _toy_per_episode()
+    with pytest.raises(DataError, match=r"method 'c' is not in this run \(it has \['a', 'b'\]\)"):
+        compare_methods(per, "a", "c")
+    with pytest.raises(ConfigError, match="two different methods"):
+        compare_methods(per, "a", "a")
+    with pytest.raises(ConfigError, match="metric 'f1'"):
+        compare_methods(per, "a", "b", metric="f1")
+    with pytest.raises(DataError, match=r"K=\[10\] not scored"):
+        compare_methods(per, "a", "b", shots=[10])
+    with pytest.raises(DataError, match=r"dataset\(s\) \['nsl'\] not in this run"):
+        compare_methods(per, "a", "b", datasets=["nsl"])
+    # one episode of b missing: not the same episodes, so no paired interval
+    short = per.drop(per[(per["method"] == "b") & (per["rep"] == 0) & (per["type"] == "x")].index)
+    with pytest.raises(
+        DataError,
+        match=r"not scored on the same episodes \(8 and 7 episodes; "
+        r"1 only in 'a', 0 only in 'b'\)",
+    ):
+        compare_methods(short, "a", "b")
+    # two runs concatenated without benchmark-merge: the same episode twice
+    with pytest.raises(DataError, match="more than one row for some episode"):
+        compare_methods(pd.concat([per, per]), "a", "b")
+    with pytest.raises(DataError, match=r"no per_episode\.csv here"):
+        read_per_episode(tmp_path)
+    (tmp_path / "per_episode.csv").write_text("method,auprc\nx,0.5\n")
+    with pytest.raises(DataError, match=r"missing columns \['rep', 'seed', 'shots', 'type'\]"):
+        read_per_episode(tmp_path)
+
+
+def test_benchmark_compare_command(tiny_run: Any) -> None:
+    """The CLI prints the same table, filters K, and fails with exit code 2 and the reason."""
+    from typer.testing import CliRunner
+
+    from metaad_cli.main import app
+
+    res, _ = tiny_run
+    cli = CliRunner()
+    got = cli.invoke(
+        app,
+        [
+            "benchmark-compare",
+            str(res.out_dir),
+            "--a",
+            "iforest",
+            "--b",
+            "proto",
+            "--k",
+            "5",
+            "--json",
+        ],
+    )
+    assert got.exit_code == 0, got.output
+    rows = json.loads(got.stdout)
+    assert [r["shots"] for r in rows] == [5] and rows[0]["dataset"] == "blobs"
+    md = cli.invoke(app, ["benchmark-compare", str(res.out_dir), "--a", "iforest", "--b", "proto"])
+    assert md.exit_code == 0 and "`proto` - `iforest` [paired 95% CI]" in md.stdout
+    bad = cli.invoke(app, ["benchmark-compare", str(res.out_dir), "--a", "iforest", "--b", "nope"])
+    assert bad.exit_code == 2 and "method 'nope' is not in this run" in bad.output

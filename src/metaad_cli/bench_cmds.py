@@ -1,4 +1,5 @@
-"""`metaad datasets`, `import-dataset`, `benchmark`, `benchmark-merge`, `adbench`.
+"""`metaad datasets`, `import-dataset`, `benchmark`, `benchmark-merge`, `benchmark-compare`,
+`adbench`.
 
 Thin shells over :mod:`metaad.datasets`, :mod:`metaad.benchmark` and :mod:`metaad.adbench`:
 they parse arguments, call one function and print a short summary.
@@ -162,6 +163,39 @@ def benchmark_merge(
         _fail(exc)
 
 
+def benchmark_compare(
+    run: Annotated[
+        Path, typer.Argument(help="A benchmark's --out folder (or its per_episode.csv).")
+    ],
+    a: Annotated[str, typer.Option("--a", help="The reference method (subtracted).")],
+    b: Annotated[str, typer.Option("--b", help="The method compared with it.")],
+    k: Annotated[
+        list[int] | None, typer.Option("--k", help="Only this K (repeatable; default all).")
+    ] = None,
+    dataset: Annotated[
+        list[str] | None, typer.Option("--dataset", help="Only this dataset (repeatable).")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="auprc, auroc or recall_at_1fpr.")] = "auprc",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows instead.")] = False,
+) -> None:
+    """B minus A on the same frozen episodes, per dataset and K, with a paired 95% CI."""
+    try:
+        from metaad.benchmark_compare import (
+            compare_methods,
+            comparison_markdown,
+            read_per_episode,
+        )
+
+        per = read_per_episode(run)
+        table = compare_methods(per, a, b, shots=k or None, metric=metric, datasets=dataset)
+        if as_json:
+            typer.echo(table.to_json(orient="records"))
+        else:
+            typer.echo(comparison_markdown(table, a, b, metric))
+    except MetaADError as exc:
+        _fail(exc)
+
+
 def adbench(
     set_name: Annotated[
         list[str] | None, typer.Option("--set", help="Only this set (repeatable).")
@@ -212,4 +246,5 @@ def register(app: typer.Typer) -> None:
     app.command("import-dataset")(import_dataset)
     app.command("benchmark")(benchmark)
     app.command("benchmark-merge")(benchmark_merge)
+    app.command("benchmark-compare")(benchmark_compare)
     app.command("adbench")(adbench)

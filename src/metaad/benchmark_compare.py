@@ -1,0 +1,177 @@
+"""Paired comparison of two methods of a finished benchmark run (`metaad benchmark-compare`).
+
+The headline of a benchmark report pairs only the best meta-learner with the best baseline.
+Every other question a reader asks of a run ("is the ensemble better than its best member?",
+"did the option help?") is also a difference between two methods scored on the same frozen
+episodes, and two separate intervals that overlap do not answer it: the episodes' shared
+difficulty is counted twice. This module answers it from the run's ``per_episode.csv`` alone,
+episode by episode (matched on seed, type and repetition), with the same stratified paired
+bootstrap as the headline (:func:`metaad.evaluation.metrics.paired_bootstrap`), so every
+paired number quoted from a run can be reproduced by a command rather than a notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metaad.errors import ConfigError, DataError
+
+#: Per-episode metrics a comparison may be made on (columns of ``per_episode.csv``).
+METRICS = ("auprc", "auroc", "recall_at_1fpr")
+_KEY = ["seed", "type", "rep"]
+_NEEDED = {"method", "shots", *_KEY}
+
+
+def read_per_episode(run: Path) -> pd.DataFrame:
+    """The per-episode rows of a benchmark run: ``RUN/per_episode.csv``, or a dataset folder's.
+
+    Raises :class:`DataError` naming the path when there is no such file or it lacks the
+    columns a paired comparison needs (a file from some other tool, or a truncated one).
+    """
+    run = Path(run)
+    path = run / "per_episode.csv" if run.is_dir() else run
+    if not path.is_file():
+        raise DataError(
+            f"{path}: no per_episode.csv here; give the --out folder of `metaad benchmark` "
+            "or `metaad benchmark-merge` (or one of its dataset folders)"
+        )
+    try:
+        per = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable per-episode table ({exc})") from exc
+    missing = sorted(_NEEDED - set(per.columns))
+    if missing:
+        raise DataError(f"{path}: not a benchmark per-episode table (missing columns {missing})")
+    if "dataset" not in per.columns:
+        per.insert(0, "dataset", path.parent.name)
+    return per
+
+
+def compare_methods(
+    per_episode: pd.DataFrame,
+    a: str,
+    b: str,
+    *,
+    shots: Sequence[int] | None = None,
+    metric: str = "auprc",
+    datasets: Sequence[str] | None = None,
+    n_boot: int = 2000,
+) -> pd.DataFrame:
+    """``b`` minus ``a`` per dataset and K, macro over types, with a paired 95% CI.
+
+    One row per (dataset, K): both methods' macro means (the mean over types of each type's
+    mean, as in the report's tables), the difference, its stratified paired bootstrap
+    interval, and the number of shared episodes. The two methods must have been scored on
+    exactly the same episodes at that K (the same run, or runs joined by
+    ``benchmark-merge``); otherwise the comparison is refused with the counts, because an
+    unpaired difference under a paired label would understate its uncertainty.
+
+    ``datasets`` (default: every dataset holding both methods) and ``shots`` (default: every
+    K both have) restrict the table; naming one that is absent is an error, not a silent
+    empty row.
+    """
+    from metaad.evaluation.metrics import paired_bootstrap
+
+    if a == b:
+        raise ConfigError(f"compare two different methods (both are {a!r})")
+    if metric not in METRICS:
+        raise ConfigError(f"metric {metric!r} is not one of {list(METRICS)}")
+    if metric not in per_episode.columns:
+        raise DataError(f"the per-episode table has no {metric!r} column")
+    present = sorted(per_episode["dataset"].unique())
+    for m in (a, b):
+        if m not in set(per_episode["method"]):
+            have = sorted(per_episode["method"].unique())
+            raise DataError(f"method {m!r} is not in this run (it has {have})")
+    if datasets:
+        unknown = sorted(set(datasets) - set(present))
+        if unknown:
+            raise DataError(f"dataset(s) {unknown} not in this run (it has {present})")
+    rows: list[dict[str, object]] = []
+    for ds in datasets or present:
+        d = per_episode[per_episode["dataset"] == ds]
+        da, db = d[d["method"] == a], d[d["method"] == b]
+        if da.empty or db.empty:
+            if datasets:
+                gone = a if da.empty else b
+                raise DataError(f"{ds}: method {gone!r} was not run on it")
+            continue
+        ks = sorted(set(da["shots"]) & set(db["shots"]))
+        if shots is not None:
+            absent = sorted(set(shots) - set(ks))
+            if absent:
+                raise DataError(f"{ds}: K={absent} not scored for both {a!r} and {b!r}")
+            ks = sorted(set(shots))
+        for k in ks:
+            xa = _indexed(da[da["shots"] == k], metric, ds, a, k)
+            xb = _indexed(db[db["shots"] == k], metric, ds, b, k)
+            if not xa.index.equals(xb.index):
+                only_a = len(xa.index.difference(xb.index))
+                only_b = len(xb.index.difference(xa.index))
+                raise DataError(
+                    f"{ds} K={k}: {a!r} and {b!r} were not scored on the same episodes "
+                    f"({len(xa)} and {len(xb)} episodes; {only_a} only in {a!r}, {only_b} "
+                    f"only in {b!r}); compare methods of one run or of runs joined by "
+                    "`metaad benchmark-merge`"
+                )
+            types = xa.index.get_level_values("type").to_numpy()
+            mean, lo, hi = paired_bootstrap(
+                xa.to_numpy(), xb.to_numpy(), n_boot=n_boot, strata=types
+            )
+            rows.append(
+                {
+                    "dataset": ds,
+                    "shots": int(k),
+                    "a_mean": _macro(xa),
+                    "b_mean": _macro(xb),
+                    "delta": mean,
+                    "lo": lo,
+                    "hi": hi,
+                    "n_episodes": len(xa),
+                }
+            )
+    if not rows:
+        raise DataError(f"no dataset in this run has both {a!r} and {b!r} (datasets: {present})")
+    return pd.DataFrame(rows)
+
+
+def _indexed(rows: pd.DataFrame, metric: str, ds: str, method: str, k: int) -> pd.Series:
+    """One method's metric at one K, indexed by episode; duplicates are refused."""
+    x = rows.set_index(_KEY)[metric].sort_index()
+    if x.index.has_duplicates:
+        raise DataError(
+            f"{ds} K={k}: {method!r} has more than one row for some episode (seed, type, rep); "
+            "the table is not one run's"
+        )
+    if x.isna().any():
+        raise DataError(f"{ds} K={k}: {method!r} has {int(x.isna().sum())} missing {metric}")
+    return x
+
+
+def _macro(x: pd.Series) -> float:
+    return float(x.groupby(level="type").mean().mean())
+
+
+def comparison_markdown(table: pd.DataFrame, a: str, b: str, metric: str = "auprc") -> str:
+    """The comparison as a markdown table, the way the README quotes paired differences."""
+    lines = [
+        f"Macro {metric.upper()}: `{b}` - `{a}` over the same episodes (paired 95% CI, "
+        "resampled within each type)",
+        "",
+        f"| dataset | K | `{a}` | `{b}` | `{b}` - `{a}` [paired 95% CI] | episodes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples(index=False):
+        lines.append(
+            f"| {r.dataset} | {r.shots} | {r.a_mean:.3f} | {r.b_mean:.3f} | "
+            f"{_signed(r.delta)} [{_signed(r.lo)}, {_signed(r.hi)}] | {r.n_episodes} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}" if np.isfinite(x) else "n/a"
