@@ -1022,3 +1022,39 @@ def test_benchmark_compare_command(tiny_run: Any) -> None:
     assert md.exit_code == 0 and "`proto` - `iforest` [paired 95% CI]" in md.stdout
     bad = cli.invoke(app, ["benchmark-compare", str(res.out_dir), "--a", "iforest", "--b", "nope"])
     assert bad.exit_code == 2 and "method 'nope' is not in this run" in bad.output
+
+
+def test_compare_across_runs_needs_the_same_episode_files(tiny_run: Any, tmp_path: Path) -> None:
+    """One method in two runs (say with and without an option) pairs up only when both
+    runs' results.json record the same frozen episode files; B's rows come from B's run."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from metaad.benchmark_compare import compare_runs
+    from metaad.errors import DataError
+    from metaad_cli.main import app
+
+    res, _ = tiny_run
+    other = tmp_path / "other"
+    shutil.copytree(res.out_dir, other)
+    per = pd.read_csv(other / "per_episode.csv")
+    per.loc[per["method"] == "proto", "auprc"] += 0.05
+    per.to_csv(other / "per_episode.csv", index=False)
+    table = compare_runs(res.out_dir, "proto", other, "proto", shots=[0, 5])
+    assert list(table["shots"]) == [0, 5]
+    assert table["delta"].to_numpy() == pytest.approx([0.05, 0.05])
+    assert table["lo"].to_numpy() == pytest.approx([0.05, 0.05])
+    args = ["benchmark-compare", str(res.out_dir), "--a", "proto", "--b", "proto", "--k", "5"]
+    got = CliRunner().invoke(app, [*args, "--b-run", str(other)])
+    assert got.exit_code == 0, got.output
+    assert "`proto (other)` - `proto (results)`" in got.stdout and "+0.050 [+0.050" in got.stdout
+
+    info = json.loads((other / "results.json").read_text())
+    info["datasets"]["blobs"]["method_episodes_sha256"]["proto"]["3"] = "0" * 64
+    (other / "results.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match="blobs seed 3: the runs were scored on different frozen"):
+        compare_runs(res.out_dir, "proto", other, "proto")
+    (other / "results.json").unlink()
+    with pytest.raises(DataError, match=r"no results\.json beside the per-episode table"):
+        compare_runs(res.out_dir, "proto", other, "proto")

@@ -12,8 +12,10 @@ paired number quoted from a run can be reproduced by a command rather than a not
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +53,70 @@ def read_per_episode(run: Path) -> pd.DataFrame:
     return per
 
 
+def episode_digests(run: Path, method: str) -> dict[str, dict[str, str]]:
+    """sha256 of the frozen episode file ``method`` was scored on, per dataset and seed.
+
+    Read from the run's ``results.json`` (``method_episodes_sha256``, which a merged run keeps
+    per method, else the dataset's ``episodes_sha256``). Two runs' rows can be paired only
+    when these are equal: the same seed, type and repetition number in two runs is the same
+    episode only if it came from the same file.
+    """
+    run = Path(run)
+    folder = run if run.is_dir() else run.parent
+    path = next(
+        (p for p in (folder / "results.json", folder.parent / "results.json") if p.is_file()),
+        None,
+    )
+    if path is None:
+        raise DataError(
+            f"{run}: no results.json beside the per-episode table, so which episodes its rows "
+            "were scored on cannot be checked; compare across runs only by their --out folders"
+        )
+    try:
+        info = json.loads(path.read_text())["datasets"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a benchmark results.json ({exc})") from exc
+    out: dict[str, dict[str, str]] = {}
+    for ds, d in info.items():
+        per_method = (d.get("method_episodes_sha256") or {}).get(method)
+        out[ds] = dict(per_method or d.get("episodes_sha256") or {})
+    return out
+
+
+def compare_runs(
+    run_a: Path,
+    a: str,
+    run_b: Path,
+    b: str,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """``b`` of ``run_b`` minus ``a`` of ``run_a``: e.g. one method with and without an option.
+
+    The runs' frozen episode files must be the same (sha256, per dataset and seed, from each
+    run's ``results.json``) for every dataset compared; then the rows pair up on seed, type and
+    repetition as within one run. Otherwise the comparison is refused, naming the dataset and
+    seed. Keyword arguments are :func:`compare_methods`'.
+    """
+    pa, pb = read_per_episode(run_a), read_per_episode(run_b)
+    da, db = episode_digests(run_a, a), episode_digests(run_b, b)
+    wanted = kwargs.get("datasets") or sorted(
+        set(pa.loc[pa["method"] == a, "dataset"]) & set(pb.loc[pb["method"] == b, "dataset"])
+    )
+    for ds in wanted:
+        ea, eb = da.get(ds), db.get(ds)
+        if not ea or not eb:
+            gone = run_a if not ea else run_b
+            raise DataError(f"{ds}: {gone} records no episode files for it")
+        for seed in sorted(set(ea) | set(eb)):
+            if ea.get(seed) != eb.get(seed):
+                raise DataError(
+                    f"{ds} seed {seed}: the runs were scored on different frozen episodes "
+                    f"({str(ea.get(seed))[:12]} in {run_a}, {str(eb.get(seed))[:12]} in "
+                    f"{run_b}); rows with the same numbers are not the same episodes"
+                )
+    return compare_methods(pa, a, b, per_episode_b=pb, **kwargs)
+
+
 def compare_methods(
     per_episode: pd.DataFrame,
     a: str,
@@ -60,6 +126,7 @@ def compare_methods(
     metric: str = "auprc",
     datasets: Sequence[str] | None = None,
     n_boot: int = 2000,
+    per_episode_b: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """``b`` minus ``a`` per dataset and K, macro over types, with a paired 95% CI.
 
@@ -72,20 +139,24 @@ def compare_methods(
 
     ``datasets`` (default: every dataset holding both methods) and ``shots`` (default: every
     K both have) restrict the table; naming one that is absent is an error, not a silent
-    empty row.
+    empty row. ``per_episode_b`` takes ``b``'s rows from another table (then ``a`` and ``b``
+    may be the same method); use :func:`compare_runs`, which first checks that the two runs
+    share their episode files.
     """
     from metaad.evaluation.metrics import paired_bootstrap
 
-    if a == b:
+    other = per_episode if per_episode_b is None else per_episode_b
+    if a == b and per_episode_b is None:
         raise ConfigError(f"compare two different methods (both are {a!r})")
     if metric not in METRICS:
         raise ConfigError(f"metric {metric!r} is not one of {list(METRICS)}")
-    if metric not in per_episode.columns:
-        raise DataError(f"the per-episode table has no {metric!r} column")
-    present = sorted(per_episode["dataset"].unique())
-    for m in (a, b):
-        if m not in set(per_episode["method"]):
-            have = sorted(per_episode["method"].unique())
+    for table in (per_episode, other):
+        if metric not in table.columns:
+            raise DataError(f"the per-episode table has no {metric!r} column")
+    present = sorted(set(per_episode["dataset"]) | set(other["dataset"]))
+    for m, table in ((a, per_episode), (b, other)):
+        if m not in set(table["method"]):
+            have = sorted(table["method"].unique())
             raise DataError(f"method {m!r} is not in this run (it has {have})")
     if datasets:
         unknown = sorted(set(datasets) - set(present))
@@ -93,8 +164,8 @@ def compare_methods(
             raise DataError(f"dataset(s) {unknown} not in this run (it has {present})")
     rows: list[dict[str, object]] = []
     for ds in datasets or present:
-        d = per_episode[per_episode["dataset"] == ds]
-        da, db = d[d["method"] == a], d[d["method"] == b]
+        da = per_episode[(per_episode["dataset"] == ds) & (per_episode["method"] == a)]
+        db = other[(other["dataset"] == ds) & (other["method"] == b)]
         if da.empty or db.empty:
             if datasets:
                 gone = a if da.empty else b

@@ -177,21 +177,35 @@ def benchmark_compare(
     ] = None,
     metric: Annotated[str, typer.Option(help="auprc, auroc or recall_at_1fpr.")] = "auprc",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows instead.")] = False,
+    b_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--b-run",
+            help="Take B from this other run (same frozen episodes, checked by sha256); "
+            "then A and B may be the same method, e.g. with and without an option.",
+        ),
+    ] = None,
 ) -> None:
     """B minus A on the same frozen episodes, per dataset and K, with a paired 95% CI."""
     try:
         from metaad.benchmark_compare import (
             compare_methods,
+            compare_runs,
             comparison_markdown,
             read_per_episode,
         )
 
-        per = read_per_episode(run)
-        table = compare_methods(per, a, b, shots=k or None, metric=metric, datasets=dataset)
+        opts = {"shots": k or None, "metric": metric, "datasets": dataset}
+        if b_run is None:
+            table = compare_methods(read_per_episode(run), a, b, **opts)
+            la, lb = a, b
+        else:
+            table = compare_runs(run, a, b_run, b, **opts)
+            la, lb = f"{a} ({run.name})", f"{b} ({b_run.name})"
         if as_json:
             typer.echo(table.to_json(orient="records"))
         else:
-            typer.echo(comparison_markdown(table, a, b, metric))
+            typer.echo(comparison_markdown(table, la, lb, metric))
     except MetaADError as exc:
         _fail(exc)
 
