@@ -939,6 +939,7 @@ def _toy_per_episode() -> pd.DataFrame:
                         "rep": rep,
                         "auprc": v,
                         "auroc": v,
+                        "recall_at_1fpr": v,
                     }
                 )
     return pd.DataFrame(rows)
@@ -979,12 +980,13 @@ def test_compare_refuses_what_it_cannot_pair_by_name(tmp_path: Path) -> None:
     short = per.drop(per[(per["method"] == "b") & (per["rep"] == 0) & (per["type"] == "x")].index)
     with pytest.raises(
         DataError,
-        match=r"not scored on the same episodes \(8 and 7 episodes; "
-        r"1 only in 'a', 0 only in 'b'\)",
+        match=r"toy: 'a' and 'b' were scored on different episodes at K=5 \(8 and 7 "
+        r"episodes; 1 only in 'a', 0 only in 'b'\); compare methods of one run",
     ):
         compare_methods(short, "a", "b")
     # two runs concatenated without benchmark-merge: the same episode twice
-    with pytest.raises(DataError, match="more than one row for some episode"):
+    dup = r"duplicated episode row\(s\) \(same method, shots, seed, type, rep\)"
+    with pytest.raises(DataError, match=dup):
         compare_methods(pd.concat([per, per]), "a", "b")
     with pytest.raises(DataError, match=r"no per_episode\.csv here"):
         read_per_episode(tmp_path)

@@ -144,6 +144,7 @@ def compare_methods(
     share their episode files.
     """
     from metaad.evaluation.metrics import paired_bootstrap
+    from metaad.evaluation.runner import paired_values
 
     other = per_episode if per_episode_b is None else per_episode_b
     if a == b and per_episode_b is None:
@@ -178,27 +179,22 @@ def compare_methods(
                 raise DataError(f"{ds}: K={absent} not scored for both {a!r} and {b!r}")
             ks = sorted(set(shots))
         for k in ks:
-            xa = _indexed(da[da["shots"] == k], metric, ds, a, k)
-            xb = _indexed(db[db["shots"] == k], metric, ds, b, k)
-            if not xa.index.equals(xb.index):
-                only_a = len(xa.index.difference(xb.index))
-                only_b = len(xb.index.difference(xa.index))
-                raise DataError(
-                    f"{ds} K={k}: {a!r} and {b!r} were not scored on the same episodes "
-                    f"({len(xa)} and {len(xb)} episodes; {only_a} only in {a!r}, {only_b} "
-                    f"only in {b!r}); compare methods of one run or of runs joined by "
-                    "`metaad benchmark-merge`"
+            try:
+                xa, xb, types = paired_values(
+                    da, db, shots=k, metric=metric, episode=_KEY, names=(repr(a), repr(b))
                 )
-            types = xa.index.get_level_values("type").to_numpy()
-            mean, lo, hi = paired_bootstrap(
-                xa.to_numpy(), xb.to_numpy(), n_boot=n_boot, strata=types
-            )
+            except ValueError as exc:
+                raise DataError(
+                    f"{ds}: {exc}; compare methods of one run or of runs joined by "
+                    "`metaad benchmark-merge`"
+                ) from exc
+            mean, lo, hi = paired_bootstrap(xa, xb, n_boot=n_boot, strata=types)
             rows.append(
                 {
                     "dataset": ds,
                     "shots": int(k),
-                    "a_mean": _macro(xa),
-                    "b_mean": _macro(xb),
+                    "a_mean": _macro(xa, types),
+                    "b_mean": _macro(xb, types),
                     "delta": mean,
                     "lo": lo,
                     "hi": hi,
@@ -210,21 +206,9 @@ def compare_methods(
     return pd.DataFrame(rows)
 
 
-def _indexed(rows: pd.DataFrame, metric: str, ds: str, method: str, k: int) -> pd.Series:
-    """One method's metric at one K, indexed by episode; duplicates are refused."""
-    x = rows.set_index(_KEY)[metric].sort_index()
-    if x.index.has_duplicates:
-        raise DataError(
-            f"{ds} K={k}: {method!r} has more than one row for some episode (seed, type, rep); "
-            "the table is not one run's"
-        )
-    if x.isna().any():
-        raise DataError(f"{ds} K={k}: {method!r} has {int(x.isna().sum())} missing {metric}")
-    return x
-
-
-def _macro(x: pd.Series) -> float:
-    return float(x.groupby(level="type").mean().mean())
+def _macro(values: np.ndarray, types: np.ndarray) -> float:
+    """Mean over types of each type's mean, as the report's macro columns."""
+    return float(pd.Series(values).groupby(types).mean().mean())
 
 
 def comparison_markdown(table: pd.DataFrame, a: str, b: str, metric: str = "auprc") -> str:

@@ -148,17 +148,18 @@ def evaluate_detector(
     return frame
 
 
-def _check_frame(per_episode: pd.DataFrame) -> None:
-    missing = [c for c in (*_KEYS, *METRICS) if c not in per_episode.columns]
+def _check_frame(per_episode: pd.DataFrame, keys: Sequence[str] = _KEYS) -> None:
+    keys = list(keys)
+    missing = [c for c in (*keys, *METRICS) if c not in per_episode.columns]
     if missing:
         raise ValueError(f"per-episode frame lacks column(s) {missing}")
     if per_episode.empty:
         raise ValueError("per-episode frame is empty: nothing to summarise")
-    dup = per_episode.duplicated(list(_KEYS))
+    dup = per_episode.duplicated(keys)
     if dup.any():
-        first = per_episode.loc[dup, list(_KEYS)].iloc[0].to_dict()
+        first = per_episode.loc[dup, keys].iloc[0].to_dict()
         raise ValueError(
-            f"{int(dup.sum())} duplicated episode row(s) (same method, type, shots, rep), "
+            f"{int(dup.sum())} duplicated episode row(s) (same {', '.join(keys)}), "
             f"e.g. {first}; was a frame concatenated twice?"
         )
     nan = per_episode[list(METRICS)].isna().to_numpy().sum()
@@ -333,20 +334,28 @@ def paired_values(
     *,
     shots: int,
     metric: str = "auprc",
+    episode: Sequence[str] = ("type", "rep"),
+    names: tuple[str, str] = ("champion", "challenger"),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Align two methods' per-episode metric at K on ``(type, rep)``, for the paired bootstrap.
+    """Align two methods' per-episode metric at K episode by episode, for the paired bootstrap.
 
     Each frame holds one method (the champion's and the challenger's
     :func:`evaluate_detector` output, possibly from separate runs). Returns
     ``(champion_values, challenger_values, types)`` in the same episode order, ready for
     ``paired_bootstrap(a, b, strata=types)``. Episode sets that differ are refused: a
     comparison on different episodes is not paired, whatever its numbers say.
+
+    ``episode`` names the columns that identify an episode (a benchmark's rows add the
+    seed); ``names`` are the two sides as the error messages call them.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    episode = list(episode)
+    if "type" not in episode:
+        raise ValueError(f"the episode key must include 'type' (the strata), got {episode}")
     parts = []
-    for name, frame in (("champion", champion), ("challenger", challenger)):
-        _check_frame(frame)
+    for name, frame in zip(names, (champion, challenger), strict=True):
+        _check_frame(frame, ("method", "shots", *episode))
         sub = frame[frame["shots"] == int(shots)]
         if sub.empty:
             raise ValueError(f"the {name} frame has no episodes at K={shots}")
@@ -355,14 +364,15 @@ def paired_values(
                 f"the {name} frame holds several methods {sorted(sub['method'].unique())}; "
                 "pass one method's episodes"
             )
-        parts.append(sub.set_index(["type", "rep"])[metric].sort_index())
+        parts.append(sub.set_index(episode)[metric].sort_index())
     a, b = parts
     if not a.index.equals(b.index):
         only_a = len(a.index.difference(b.index))
         only_b = len(b.index.difference(a.index))
         raise ValueError(
-            f"champion and challenger were scored on different episodes at K={shots} "
-            f"({only_a} only in the champion's, {only_b} only in the challenger's)"
+            f"{names[0]} and {names[1]} were scored on different episodes at K={shots} "
+            f"({len(a)} and {len(b)} episodes; {only_a} only in {names[0]}, {only_b} only in "
+            f"{names[1]})"
         )
     types = a.index.get_level_values("type").to_numpy()
     return a.to_numpy(np.float64), b.to_numpy(np.float64), types
