@@ -1057,6 +1057,10 @@ def test_compare_across_runs_needs_the_same_episode_files(tiny_run: Any, tmp_pat
     (other / "results.json").write_text(json.dumps(info))
     with pytest.raises(DataError, match="blobs seed 3: the runs were scored on different frozen"):
         compare_runs(res.out_dir, "proto", other, "proto")
+    del info["datasets"]["blobs"]["method_episodes_sha256"]["proto"]["4"]
+    (other / "results.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"blobs: the runs hold different seeds \(.*\['3', '4'\]"):
+        compare_runs(res.out_dir, "proto", other, "proto")
     (other / "results.json").unlink()
     with pytest.raises(DataError, match=r"no results\.json beside the per-episode table"):
         compare_runs(res.out_dir, "proto", other, "proto")

@@ -107,11 +107,17 @@ def compare_runs(
         if not ea or not eb:
             gone = run_a if not ea else run_b
             raise DataError(f"{ds}: {gone} records no episode files for it")
-        for seed in sorted(set(ea) | set(eb)):
-            if ea.get(seed) != eb.get(seed):
+        if set(ea) != set(eb):
+            raise DataError(
+                f"{ds}: the runs hold different seeds ({run_a}: {sorted(ea, key=int)}, {run_b}: "
+                f"{sorted(eb, key=int)}); a paired comparison needs the same frozen episodes "
+                "for every seed"
+            )
+        for seed in sorted(ea, key=int):
+            if ea[seed] != eb[seed]:
                 raise DataError(
                     f"{ds} seed {seed}: the runs were scored on different frozen episodes "
-                    f"({str(ea.get(seed))[:12]} in {run_a}, {str(eb.get(seed))[:12]} in "
+                    f"({ea[seed][:12]} in {run_a}, {eb[seed][:12]} in "
                     f"{run_b}); rows with the same numbers are not the same episodes"
                 )
     return compare_methods(pa, a, b, per_episode_b=pb, **kwargs)
