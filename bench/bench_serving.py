@@ -203,11 +203,15 @@ def main() -> None:
     med = statistics.median
     print(f"\nbatch scoring, {args.rows:,} rows x {X.shape[1]} features, 1 thread, "
           f"{args.rounds} rounds (median)")  # fmt: skip
-    print(f"  score_files (read+check+preprocess+score+write, 50k-row chunks): "
-          f"{med(e2e):10,.0f} rows/s   ratio to IsolationForest {med(e2e) / med(ref):.2f}x")
-    print(f"  served scorer alone ({1 + len(bundle.type_names())} detectors):"
-          f"{'':18s}{med(alone):10,.0f} rows/s   ratio to IsolationForest "
-          f"{med(alone) / med(ref):.2f}x")
+    print(
+        f"  score_files (read+check+preprocess+score+write, 50k-row chunks): "
+        f"{med(e2e):10,.0f} rows/s   ratio to IsolationForest {med(e2e) / med(ref):.2f}x"
+    )
+    print(
+        f"  served scorer alone ({1 + len(bundle.type_names())} detectors):"
+        f"{'':18s}{med(alone):10,.0f} rows/s   ratio to IsolationForest "
+        f"{med(alone) / med(ref):.2f}x"
+    )
     print(f"  IsolationForest.score_samples (100 trees):{'':21s}{med(ref):10,.0f} rows/s")
 
 

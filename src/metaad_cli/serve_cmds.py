@@ -179,8 +179,7 @@ def score(
         Path | None,
         typer.Option(
             "--support",
-            help="Labelled rows to adapt to first (support_label column, or label + "
-            "anomaly_type).",
+            help="Labelled rows to adapt to first (support_label column, or label + anomaly_type).",
         ),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
