@@ -1026,6 +1026,29 @@ def test_benchmark_compare_command(tiny_run: Any) -> None:
     assert bad.exit_code == 2 and "method 'nope' is not in this run" in bad.output
 
 
+def test_benchmark_compare_draws_the_differences(tiny_run: Any, tmp_path: Path) -> None:
+    """--plot writes a PNG of the same rows the table prints; a table it cannot draw is
+    refused by the missing column's name, and an empty one as empty."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from metaad.evaluation.plots import plot_paired_differences
+    from metaad_cli.main import app
+
+    res, _ = tiny_run
+    png = tmp_path / "sub" / "diff.png"
+    args = ["benchmark-compare", str(res.out_dir), "--a", "iforest", "--b", "proto"]
+    got = CliRunner().invoke(app, [*args, "--plot", str(png), "--target", "0.05"])
+    assert got.exit_code == 0, got.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    table = pd.DataFrame({"dataset": ["x"], "shots": [5], "delta": [0.1], "lo": [0.0]})
+    with pytest.raises(ValueError, match="lacks column 'hi'"):
+        plot_paired_differences(table, tmp_path / "no.png", a="a", b="b")
+    with pytest.raises(ValueError, match="no rows"):
+        plot_paired_differences(table.assign(hi=0.2).iloc[:0], tmp_path / "no.png", a="a", b="b")
+    assert not (tmp_path / "no.png").exists()
+
+
 def test_compare_across_runs_needs_the_same_episode_files(tiny_run: Any, tmp_path: Path) -> None:
     """One method in two runs (say with and without an option) pairs up only when both
     runs' results.json record the same frozen episode files; B's rows come from B's run."""

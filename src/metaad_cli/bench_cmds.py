@@ -185,6 +185,14 @@ def benchmark_compare(
             "then A and B may be the same method, e.g. with and without an option.",
         ),
     ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Also draw the differences with their intervals to this PNG."),
+    ] = None,
+    target: Annotated[
+        float | None,
+        typer.Option(help="With --plot: the margin a claim needs, drawn as a dashed line."),
+    ] = None,
 ) -> None:
     """B minus A on the same frozen episodes, per dataset and K, with a paired 95% CI."""
     try:
@@ -206,6 +214,11 @@ def benchmark_compare(
             typer.echo(table.to_json(orient="records"))
         else:
             typer.echo(comparison_markdown(table, la, lb, metric))
+        if plot is not None:
+            from metaad.evaluation.plots import plot_paired_differences
+
+            saved = plot_paired_differences(table, plot, a=la, b=lb, metric=metric, target=target)
+            typer.echo(f"plot: {saved}", err=True)
     except MetaADError as exc:
         _fail(exc)
 

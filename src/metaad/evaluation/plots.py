@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["plot_auprc_vs_k", "plot_learning_curve", "plot_pr_curves"]
+__all__ = ["plot_auprc_vs_k", "plot_learning_curve", "plot_paired_differences", "plot_pr_curves"]
 
 DPI = 120
 
@@ -113,6 +113,57 @@ def plot_auprc_vs_k(
     ax.grid(True, alpha=0.3)
     ax.set_title(title or f"{metric} vs K on unseen anomaly types (95% CI)")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return _save(fig, path)
+
+
+def plot_paired_differences(
+    table: pd.DataFrame,
+    path: str | Path,
+    *,
+    a: str,
+    b: str,
+    metric: str = "auprc",
+    target: float | None = None,
+) -> Path:
+    """``b - a`` per dataset and K with its paired 95% interval (a forest plot).
+
+    ``table`` is :func:`metaad.benchmark_compare.compare_methods`'s: one row per (dataset,
+    K) with ``delta``, ``lo`` and ``hi``. Zero is drawn solid, so an interval that crosses
+    it reads as "no difference shown"; ``target`` (the margin a claim needs, +0.05 for
+    issue 4's K=5 claim) is drawn dashed, so a reader sees at once which rows clear it.
+    Rows go top to bottom in the table's order, each labelled "dataset K=k".
+    """
+    for c in ("dataset", "shots", "delta", "lo", "hi"):
+        if c not in table.columns:
+            raise ValueError(f"table lacks column {c!r}; build it with compare_methods()")
+    if table.empty:
+        raise ValueError("the comparison table has no rows to plot")
+    n = len(table)
+    y = np.arange(n)[::-1]
+    delta = table["delta"].to_numpy(float)
+    lo = table["lo"].to_numpy(float)
+    hi = table["hi"].to_numpy(float)
+    fig = _figure((7.0, 1.2 + 0.32 * n))
+    ax = fig.add_subplot()
+    datasets = list(dict.fromkeys(table["dataset"]))
+    cmap = _colours(len(datasets))
+    colour = [cmap[datasets.index(d)] for d in table["dataset"]]
+    err = np.nan_to_num(np.vstack([delta - lo, hi - delta]), nan=0.0)
+    for i in range(n):
+        ax.errorbar(
+            delta[i], y[i], xerr=err[:, i : i + 1], fmt="o", color=colour[i],
+            markersize=5, capsize=3, linewidth=1.4,
+        )  # fmt: skip
+    ax.axvline(0.0, color="black", linewidth=1.0)
+    if target is not None:
+        ax.axvline(target, color="grey", linestyle="--", linewidth=1.0, label=f"target {target:+g}")
+        ax.legend(fontsize=8, loc="lower right", frameon=False)
+    ax.set_yticks(y)
+    labels = [f"{d}  K={k}" for d, k in zip(table["dataset"], table["shots"], strict=True)]
+    ax.set_yticklabels(labels)
+    ax.set_xlabel(f"macro {metric.upper()}: {b} - {a} (paired 95% CI)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(f"{b} against {a} on the same episodes")
     return _save(fig, path)
 
 
