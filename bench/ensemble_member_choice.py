@@ -28,7 +28,6 @@ The README's "Choosing members per task" gives what it found and the commands.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from metaad.benchmark import freeze_episodes, load_checked, prepare_dataset, train_params
-from metaad.config import load_params
+from metaad.config import load_params, set_offline_env
 from metaad.evaluation.metrics import auprc
 from metaad.models.base import Detector
 from metaad.stages import Prepared, train_method
@@ -96,8 +95,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="artifacts/member_choice")
     args = ap.parse_args()
-    for var in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
-        os.environ.setdefault(var, "true" if var.startswith("MLFLOW") else "1")
+    set_offline_env()
 
     names = [m.strip() for m in args.members.split(",") if m.strip()]
     cfg = load_params(
