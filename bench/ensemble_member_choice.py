@@ -117,7 +117,7 @@ def main() -> None:
         path=out / f"episodes_seed{args.seed}.npz",
     )  # fmt: skip
     stage = Prepared(prep.split, prep.preprocessor, prep.pools, eps, prep.window)
-    params = train_params(cfg, prep.protocol, args.seed, "metric_ens")
+    params = train_params(cfg, prep.protocol, args.seed, "metric_ens", dataset=prep.name)
     ens, _, secs = train_method(params, stage, "metric_ens", progress=True, hparams=hp)
     members: list[Detector] = list(ens.members)  # type: ignore[attr-defined]
     pool = prep.pools["test"]

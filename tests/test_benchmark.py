@@ -587,6 +587,99 @@ def test_a_stopped_benchmark_resumes_from_the_units_it_finished(
     assert calls == [(s, m) for s in (3, 4) for m in cfg.methods]
 
 
+def test_steps_for_gives_one_meta_learner_its_own_length_on_one_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``benchmark.steps_for`` sets the meta-training steps of one meta-learner on one
+    dataset (as params.yaml does for metasgd on Sparkov); everything else keeps ``steps``.
+    The length is in the report and in each unit's fingerprint, so a resume under another
+    length is refused by name."""
+    import metaad.stages as stages
+    from metaad.config import load_params
+    from metaad.errors import ConfigError
+
+    real = stages.train_method
+    seen: dict[str, int] = {}
+
+    def patched(params, prep, method, **kw):
+        seen[method] = params.train.steps
+        return real(params, prep, method, **kw)
+
+    monkeypatch.setattr(stages, "train_method", patched)
+    cfg = BenchmarkConfig(
+        datasets=("blobs",), methods=("proto", "siamese", "lr_sup"), shots=(0, 5), seeds=(3,),
+        n_episodes=2, steps=10, meta_batch=4,
+        steps_for={"blobs": {"siamese": 14}, "sparkov": {"metasgd": 3000}},
+    )  # fmt: skip
+    res = run_benchmark(cfg, tmp_path / "r", datasets=[blobs_dataset()], tracking_uri=None)
+    assert seen == {"proto": 10, "siamese": 14, "lr_sup": 10}
+    info = res.results["datasets"]["blobs"]
+    assert info["description"]["meta_training_steps"] == {"proto": 10, "siamese": 14}
+    assert "- Meta-training steps: 10 (siamese 14)." in (tmp_path / "r" / "results.md").read_text()
+    assert res.results["config"]["steps_for"] == {
+        "blobs": {"siamese": 14}, "sparkov": {"metasgd": 3000}
+    }  # fmt: skip
+    # merged with a run on the same episodes, each learner keeps the length it ran with;
+    # a run written before lengths were recorded per learner ran all at its benchmark.steps
+    from metaad.benchmark import merge_benchmarks
+
+    b = replace(cfg, methods=("deviation",), steps=12, steps_for={})
+    run_benchmark(b, tmp_path / "b", datasets=[blobs_dataset()], tracking_uri=None)
+    legacy = json.loads((tmp_path / "b" / "results.json").read_text())
+    del legacy["datasets"]["blobs"]["description"]["meta_training_steps"]
+    (tmp_path / "b" / "results.json").write_text(json.dumps(legacy))
+    merged = merge_benchmarks([tmp_path / "r", tmp_path / "b"], tmp_path / "m")
+    steps = merged.results["datasets"]["blobs"]["description"]["meta_training_steps"]
+    assert steps == {"proto": 10, "siamese": 14, "deviation": 12}
+    assert "- Meta-training steps: 10 (siamese 14, deviation 12)." in merged.markdown
+
+    other = replace(cfg, steps_for={"blobs": {"siamese": 15}})
+    with pytest.raises(ConfigError, match=r"siamese seed 3: .*train\.steps: 14 -> 15"):
+        run_benchmark(
+            other, tmp_path / "r", datasets=[blobs_dataset()], tracking_uri=None, resume=True
+        )
+
+    # from params.yaml or an override, as the CLI and the flow read it
+    p = load_params(tmp_path / "none.yaml", {"benchmark.steps_for.sparkov.maml": "2000"})
+    assert p.benchmark.steps_of("sparkov", "maml") == 2000
+    assert p.benchmark.steps_of("sparkov", "anil") == p.benchmark.steps
+    assert p.benchmark.steps_of("skab", "maml") == p.benchmark.steps
+
+    # entries that would do nothing, or are not lengths, are refused before any data is read
+    def refused(steps_for: Any, match: str) -> None:
+        with pytest.raises(ConfigError, match=match):
+            run_benchmark(
+                replace(TINY, steps_for=steps_for), tmp_path / "x", tracking_uri=None,
+                datasets=[blobs_dataset()],
+            )  # fmt: skip
+
+    refused({"blobs": {"lr_sup": 50}}, r"steps_for\.blobs\.lr_sup: 'lr_sup' is not a meta-learner")
+    refused({"blbos": {"proto": 50}}, r"names dataset 'blbos', which is neither registered")
+    refused({"blobs": {"nope": 50}}, r"'nope' is not a meta-learner")
+    for bad, match in [
+        ({"blobs": 50}, r"steps_for\.blobs must map meta-learners to steps"),
+        ({"blobs": {"proto": -1}}, r"steps_for\.blobs\.proto must be a whole number >= 0"),
+        ({"blobs": {"proto": 2.5}}, r"steps_for\.blobs\.proto must be a whole number"),
+        ({"blobs": {"proto": True}}, r"steps_for\.blobs\.proto must be a whole number"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            replace(TINY, steps_for=bad)
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_steps_line_names_the_common_length_then_the_others() -> None:
+    from metaad.benchmark import _steps_line
+
+    assert _steps_line({}) is None and _steps_line(None) is None
+    assert _steps_line({"proto": 300, "maml": 300}) == "- Meta-training steps: 300."
+    assert (
+        _steps_line({"proto": 300, "siamese": 300, "metasgd": 3000, "maml": 1500})
+        == "- Meta-training steps: 300 (metasgd 3000, maml 1500)."
+    )
+    # a tie goes to the shorter length, so the line reads the same whatever the order
+    assert _steps_line({"a": 3000, "b": 300}) == "- Meta-training steps: 300 (a 3000)."
+
+
 def test_maml_validation_counts_a_diverged_adaptation_as_a_failed_task() -> None:
     """Finite outer loss, overflowing evaluation-time adaptation: validation gives 0 for
     those tasks (so early stopping keeps an earlier initialisation) instead of raising."""

@@ -269,22 +269,48 @@ def val_episodes(prep: PreparedDataset, *, seed: int) -> EpisodeSet | None:
 
 
 # -- running ---------------------------------------------------------------------------------
-def train_params(cfg: BenchmarkConfig, protocol: Protocol, seed: int, method: str) -> Params:
-    """The training settings of one (method, seed): the pipeline's Params, benchmark values."""
+def train_params(
+    cfg: BenchmarkConfig, protocol: Protocol, seed: int, method: str, *, dataset: str
+) -> Params:
+    """The training settings of one (method, seed) on ``dataset``: the pipeline's Params with
+    the benchmark's values (its steps per dataset and method: :meth:`BenchmarkConfig.steps_of`)."""
     hp = dict(cfg.hparams.get(method, {}))
+    steps = cfg.steps_of(dataset, method)
     return Params(
         train=TrainConfig(
             method=method,
             seed=int(seed),
-            steps=cfg.steps,
+            steps=steps,
             meta_batch=cfg.meta_batch,
             shots=TRAIN_SHOTS,
             n_support_normal=protocol.n_support_normal,
             device=cfg.device,
-            val_every=max(1, min(100, cfg.steps // 5 or 1)),
+            val_every=max(1, min(100, steps // 5 or 1)),
             hparams=hp,
         )
     )
+
+
+def check_steps_for(cfg: BenchmarkConfig, datasets: Sequence[str]) -> None:
+    """Refuse a ``steps_for`` entry that would do nothing: a dataset neither registered nor
+    run, or a method that is not a meta-learner (a baseline has no meta-training steps)."""
+    from metaad.datasets.registry import DATASETS
+    from metaad.models.registry import family_of, list_methods
+
+    known_sets = set(DATASETS) | set(datasets)
+    learners = sorted(m for m in list_methods() if family_of(m) in ("metric", "maml"))
+    for ds, by_method in cfg.steps_for.items():
+        if ds not in known_sets:
+            raise ConfigError(
+                f"benchmark.steps_for names dataset {ds!r}, which is neither registered nor "
+                f"run; known: {sorted(known_sets)}"
+            )
+        for m in by_method:
+            if m not in learners:
+                raise ConfigError(
+                    f"benchmark.steps_for.{ds}.{m}: {m!r} is not a meta-learner, so it has no "
+                    f"meta-training steps; meta-learners: {learners}"
+                )
 
 
 @dataclass
@@ -344,7 +370,7 @@ def _run_unit(
     if hist.diverged_at is not None:
         unit.notes.append(
             f"seed {seed}: meta-training diverged at step {hist.diverged_at} of "
-            f"{cfg.steps}; the weights of its best validation before that were kept"
+            f"{params.train.steps}; the weights of its best validation before that were kept"
         )
     if val_eps is not None and family in ("metric", "maml"):
         try:
@@ -402,7 +428,7 @@ def run_dataset(
         for method in cfg.methods:
             if method in failures:
                 continue
-            params = train_params(cfg, prep.protocol, seed, method)
+            params = train_params(cfg, prep.protocol, seed, method, dataset=prep.name)
             fp = fingerprint(
                 dataset=prep.name,
                 episodes_sha256=digest,
@@ -466,7 +492,15 @@ def run_dataset(
         method_episodes={m: s for m, s in seen.items() if m not in failures},
         fit_seconds=fit_s,
         eval_seconds=eval_s,
-        description=prep.describe(),
+        description={
+            **prep.describe(),
+            # per meta-learner: benchmark.steps unless benchmark.steps_for says otherwise
+            "meta_training_steps": {
+                m: cfg.steps_of(prep.name, m)
+                for m in cfg.methods
+                if families[m] in ("metric", "maml")
+            },
+        },
         failures=failures,
         notes={m: n for m, n in notes.items() if m not in failures},
         val_auprc={m: v for m, v in val_auprc.items() if m not in failures},
@@ -688,6 +722,18 @@ def _fmt_delta(delta: float | None, paired: Mapping[str, float] | None) -> str:
     return f"{delta:+.3f} [{paired['lo']:+.3f}, {paired['hi']:+.3f}]"
 
 
+def _steps_line(steps: Mapping[str, int] | None) -> str | None:
+    """``- Meta-training steps: 300 (metasgd 3000).``: the common length, then the others."""
+    if not steps:
+        return None
+    counts: dict[int, int] = {}
+    for n in steps.values():
+        counts[n] = counts.get(n, 0) + 1
+    common = max(counts, key=lambda n: (counts[n], -n))
+    others = ", ".join(f"{m} {n}" for m, n in steps.items() if n != common)
+    return f"- Meta-training steps: {common}" + (f" ({others})" if others else "") + "."
+
+
 def dataset_markdown(res: DatasetResult, shots: Sequence[int]) -> str:
     from metaad.evaluation.report import markdown_table, per_type_table
 
@@ -712,6 +758,7 @@ def dataset_markdown(res: DatasetResult, shots: Sequence[int]) -> str:
         + (f"; windows of {d['window']['window']}" if d["window"] else "")
         + ".",
         *(f"- {n}" for n in p["notes"]),
+        *([steps_line] if (steps_line := _steps_line(d.get("meta_training_steps"))) else []),
         *(
             f"- **{m} failed and is left out of these tables** ({why})."
             for m, why in res.failures.items()
@@ -852,6 +899,7 @@ def benchmark_dataset(
     """
     from metaad.evaluation.plots import plot_auprc_vs_k
 
+    check_steps_for(cfg, [ds.name])
     out = Path(out_dir)
     t0 = time.perf_counter()
     prep = prepare_dataset(ds, shots=cfg.shots, split_seed=cfg.split_seed)
@@ -954,11 +1002,13 @@ def run_benchmark(
     a failure (a given ``LoadedDataset`` is a caller's own table and is not re-validated).
     With ``tracking_uri`` the whole result is logged as one MLflow run in ``cfg.experiment``.
     """
+    loaded: list[LoadedDataset] = list(datasets or [])
+    # before any dataset is read: a typo here would otherwise surface hours in
+    check_steps_for(cfg, [d.name for d in loaded] or list(cfg.datasets))
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     validation: dict[str, Any] = {}
-    loaded: list[LoadedDataset] = list(datasets or [])
     if not loaded:
         for name in cfg.datasets:
             ds, validation[name] = load_checked(
@@ -1028,6 +1078,7 @@ def merge_benchmarks(
                     f"{d}: benchmark.{k} is {res['config'][k]}, {first_dir} has "
                     f"{first['config'][k]}; only runs on the same episodes merge"
                 )
+    config_of = {d: res["config"] for d, res, _ in loaded}
     parts: dict[str, list[tuple[Path, dict[str, Any], pd.DataFrame]]] = {}
     for d, res, per in loaded:
         for name, info in res["datasets"].items():
@@ -1104,7 +1155,19 @@ def merge_benchmarks(
             fit_seconds=union("fit_seconds"),
             eval_seconds=union("eval_seconds"),
             val_auprc={m: {int(k): v for k, v in s.items()} for m, s in union("val_auprc").items()},
-            description=ref["description"],
+            description={
+                **ref["description"],
+                # each meta-learner's steps in the run its numbers come from (a run written
+                # before the steps were recorded per method ran all at its benchmark.steps)
+                "meta_training_steps": {
+                    m: info["description"]
+                    .get("meta_training_steps", {})
+                    .get(m, config_of[d]["steps"])
+                    for d, info, _ in group
+                    for m, fam in info["families"].items()
+                    if owner.get(m) == d and fam in ("metric", "maml")
+                },
+            },
             report=ref["report"],
             failures=failures,
             notes=notes,
@@ -1231,6 +1294,7 @@ __all__ = [
     "assign_by_source",
     "benchmark_dataset",
     "cap_types",
+    "check_steps_for",
     "finish_benchmark",
     "freeze_episodes",
     "headline",
@@ -1240,5 +1304,6 @@ __all__ = [
     "prepare_dataset",
     "run_benchmark",
     "run_dataset",
+    "train_params",
     "with_overrides",
 ]
