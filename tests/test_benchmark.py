@@ -633,8 +633,51 @@ def test_steps_for_gives_one_meta_learner_its_own_length_on_one_dataset(
     assert steps == {"proto": 10, "siamese": 14, "deviation": 12}
     assert "- Meta-training steps: 10 (siamese 14, deviation 12)." in merged.markdown
 
-    other = replace(cfg, steps_for={"blobs": {"siamese": 15}})
-    with pytest.raises(ConfigError, match=r"siamese seed 3: .*train\.steps: 14 -> 15"):
+    # two lengths of one learner on the same episodes: a merge refuses the clash unless told
+    # which run's numbers count (--take), and then notes the other
+    from typer.testing import CliRunner
+
+    from metaad_cli.main import app
+
+    # (a length that changes the numbers here: 14 and 15 keep the same best-validated weights)
+    other = replace(cfg, steps_for={"blobs": {"siamese": 1}})
+    r1 = tmp_path / "r1"
+    run_benchmark(replace(other, methods=("siamese",)), r1, datasets=[blobs_dataset()])
+    with pytest.raises(ConfigError, match=r"'siamese' is in both .* with different numbers"):
+        merge_benchmarks([tmp_path / "r", r1], tmp_path / "x")
+    took = merge_benchmarks([tmp_path / "r", r1], tmp_path / "t", take={"siamese": r1})
+    info = took.results["datasets"]["blobs"]
+    assert info["description"]["meta_training_steps"] == {"proto": 10, "siamese": 1}
+    assert (
+        info["fit_seconds"]["siamese"]
+        == json.loads((r1 / "results.json").read_text())["datasets"]["blobs"]["fit_seconds"][
+            "siamese"
+        ]
+    )
+    rows = took.per_dataset["blobs"].per_episode
+    want15 = pd.read_csv(r1 / "per_episode.csv")
+    pd.testing.assert_series_equal(
+        rows[rows["method"] == "siamese"]["auprc"].reset_index(drop=True),
+        want15["auprc"].reset_index(drop=True),
+    )
+    assert any(
+        n.startswith("also in r (largest difference") and n.endswith("these are r1's (take)")
+        for n in info["method_notes"]["siamese"]
+    )
+    with pytest.raises(ConfigError, match=r"take siamese=.*nowhere is not one of the runs"):
+        merge_benchmarks([tmp_path / "r", r1], tmp_path / "x", take={"siamese": "nowhere"})
+    with pytest.raises(ConfigError, match=r"take lr_sup=.*r1 has no finished 'lr_sup'"):
+        merge_benchmarks([tmp_path / "r", r1], tmp_path / "x", take={"lr_sup": r1})
+    cli = CliRunner()
+    args = ["benchmark-merge", str(tmp_path / "r"), str(r1), "--no-mlflow"]
+    got = cli.invoke(app, [*args, "--out", str(tmp_path / "c"), "--take", f"siamese={r1}"])
+    assert got.exit_code == 0, got.output
+    assert "- Meta-training steps: 1 (proto 10)." in got.stdout  # a tie: the shorter first
+    bad = cli.invoke(app, [*args, "--out", str(tmp_path / "x"), "--take", "siamese"])
+    assert bad.exit_code == 2 and "--take 'siamese': expected METHOD=RUN" in bad.output
+    assert not (tmp_path / "x").exists()
+
+    with pytest.raises(ConfigError, match=r"siamese seed 3: .*train\.steps: 14 -> 1;"):
         run_benchmark(
             other, tmp_path / "r", datasets=[blobs_dataset()], tracking_uri=None, resume=True
         )

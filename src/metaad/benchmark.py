@@ -1036,7 +1036,11 @@ _EPISODE_KEYS = ("shots", "seeds", "n_episodes", "split_seed")
 
 
 def merge_benchmarks(
-    runs: Sequence[str | Path], out_dir: str | Path, *, tracking_uri: str | None = None
+    runs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    tracking_uri: str | None = None,
+    take: Mapping[str, str | Path] | None = None,
 ) -> BenchmarkResult:
     """Several benchmark runs of different methods on the same frozen episodes, as one report.
 
@@ -1050,6 +1054,11 @@ def merge_benchmarks(
     in one run may finish in another (rerun after a fix): the finished run's numbers count,
     and the failure is kept as a note beside them. The merged run gets the usual ``results.json``,
     ``results.md``, ``per_episode.csv`` and plots, recomputed from the per-episode rows.
+
+    ``take`` (method -> one of ``runs``) settles a method that two runs scored differently on
+    purpose, e.g. ``metasgd`` at 300 steps in one and 3,000 in the other: that run's numbers
+    count, and a note names the others with their largest difference. A method or run it names
+    that the runs do not hold is refused by name.
     """
     from metaad.evaluation.plots import plot_auprc_vs_k
     from metaad.evaluation.runner import summarise
@@ -1070,6 +1079,18 @@ def merge_benchmarks(
         except (OSError, ValueError) as exc:
             raise DataError(f"{d} is not a finished benchmark run: {exc}") from exc
         loaded.append((d, res, per))
+    chosen: dict[str, Path] = {}
+    for m, run in (take or {}).items():
+        match = [d for d, _, _ in loaded if d.resolve() == Path(run).resolve()]
+        if not match:
+            raise ConfigError(
+                f"take {m}={run}: {run} is not one of the runs merged "
+                f"({', '.join(str(d) for d, _, _ in loaded)})"
+            )
+        found = next(r for d, r, _ in loaded if d == match[0])
+        if not any(m in info["families"] for info in found["datasets"].values()):
+            raise ConfigError(f"take {m}={run}: {run} has no finished {m!r} to take")
+        chosen[m] = match[0]
     first_dir, first, _ = loaded[0]
     for d, res, _ in loaded[1:]:
         for k in _EPISODE_KEYS:
@@ -1090,13 +1111,26 @@ def merge_benchmarks(
         reproduced: dict[str, list[Path]] = {}
         rows_of = {d: q for d, _, q in group}
         failed: dict[str, list[tuple[Path, str]]] = {}
+        taken: dict[str, list[str]] = {}
         for d, info, _ in group:
             if info["episodes_sha256"] != ref["episodes_sha256"]:
                 raise DataError(
                     f"{name}: {d} was scored on other episodes than {ref_dir} (the sha256 of "
                     "the frozen episode files differ); rerun it with the same data and settings"
                 )
+        for m, d in chosen.items():
+            if any(dd == d and m in info["families"] for dd, info, _ in group):
+                owner[m] = d
+        for d, info, _ in group:
             for m in info["families"]:
+                if m in chosen and m in owner:
+                    if d != owner[m]:
+                        gap = _largest_difference(rows_of[owner[m]], rows_of[d], m)
+                        what = "other episodes" if gap is None else f"largest difference {gap:.3g}"
+                        taken.setdefault(m, []).append(
+                            f"also in {d.name} ({what}); these are {owner[m].name}'s (take)"
+                        )
+                    continue
                 if m in owner:
                     gap = _largest_difference(rows_of[owner[m]], rows_of[d], m)
                     if gap != 0.0:
@@ -1125,6 +1159,8 @@ def merge_benchmarks(
                     f"{owner[m].name}, on the same episodes"
                     for d, why in fs
                 )
+        for m, lines in taken.items():
+            notes.setdefault(m, []).extend(lines)
         for m, ds in reproduced.items():
             notes.setdefault(m, []).extend(
                 f"reproduced exactly by {d.name} (every per-episode metric equal); the numbers "

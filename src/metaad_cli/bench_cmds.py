@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from metaad.config import load_params, set_offline_env
-from metaad.errors import MetaADError
+from metaad.errors import ConfigError, MetaADError
 
 PathOpt = Annotated[
     Path | None,
@@ -148,6 +148,14 @@ def benchmark_merge(
         str | None, typer.Option(help="MLflow store (default: the project's).")
     ] = None,
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = True,
+    take: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--take",
+            help="METHOD=RUN: a method two runs scored differently on purpose (e.g. other "
+            "steps) counts with RUN's numbers (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Merge benchmark runs of different methods on the same frozen episodes into one report."""
     _logging()
@@ -156,7 +164,13 @@ def benchmark_merge(
         from metaad.tracking import default_tracking_uri
 
         uri = (tracking_uri or default_tracking_uri(Path("."))) if mlflow else None
-        res = merge_benchmarks(runs, out, tracking_uri=uri)
+        chosen: dict[str, str] = {}
+        for item in take or []:
+            method, sep, run = item.partition("=")
+            if not sep or not method or not run:
+                raise ConfigError(f"--take {item!r}: expected METHOD=RUN, e.g. metasgd={runs[-1]}")
+            chosen[method] = run
+        res = merge_benchmarks(runs, out, tracking_uri=uri, take=chosen)
         typer.echo(res.markdown)
         typer.echo(json.dumps({"verdict": res.results["verdict"], "mlflow_run": res.mlflow_run_id}))
     except MetaADError as exc:
