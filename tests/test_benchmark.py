@@ -710,6 +710,97 @@ def test_steps_for_gives_one_meta_learner_its_own_length_on_one_dataset(
     assert not (tmp_path / "x").exists()
 
 
+def test_two_lengths_of_one_learner_stand_side_by_side_and_meta_val_picks_between_them(
+    tmp_path: Path,
+) -> None:
+    """``benchmark-merge --rename RUN:METHOD=NAME`` keeps a second setting of a learner as a
+    method of its own (rows, family, steps, meta-val numbers and a note), so the per-seed
+    meta-val pick chooses the length, rather than a person who has seen the unseen types.
+    Every malformed or clashing rename is refused by name before anything is written."""
+    from typer.testing import CliRunner
+
+    from metaad.benchmark import merge_benchmarks
+    from metaad.errors import ConfigError
+    from metaad_cli.main import app
+
+    cfg = BenchmarkConfig(
+        datasets=("blobs",), methods=("siamese", "lr_sup"), shots=(1, 5), seeds=(3, 4),
+        n_episodes=2, steps=10, meta_batch=4,
+    )  # fmt: skip
+    r10, r1 = tmp_path / "r10", tmp_path / "r1"
+    run_benchmark(cfg, r10, datasets=[blobs_dataset()], tracking_uri=None)
+    short = replace(cfg, methods=("siamese",), steps_for={"blobs": {"siamese": 1}})
+    run_benchmark(short, r1, datasets=[blobs_dataset()], tracking_uri=None)
+    on_disk = (r1 / "results.json").read_text(), (r1 / "per_episode.csv").read_text()
+
+    merged = merge_benchmarks([r10, r1], tmp_path / "m", rename={(r1, "siamese"): "siamese_1"})
+    info = merged.results["datasets"]["blobs"]
+    assert info["families"] == {"siamese": "metric", "lr_sup": "baseline", "siamese_1": "metric"}
+    assert info["description"]["meta_training_steps"] == {"siamese": 10, "siamese_1": 1}
+    assert "- Meta-training steps: 1 (siamese 10)." in merged.markdown  # a tie: the shorter
+    assert info["method_notes"]["siamese_1"][0] == "siamese of r1, renamed siamese_1 in this merge"
+    rows = merged.per_dataset["blobs"].per_episode
+    want = pd.read_csv(r1 / "per_episode.csv")
+    pd.testing.assert_series_equal(
+        rows[rows["method"] == "siamese_1"]["auprc"].reset_index(drop=True),
+        want["auprc"].reset_index(drop=True),
+    )
+    assert len(rows[rows["method"] == "siamese"]) == len(want)
+    # the meta-val pick runs over both lengths, with each run's own validation numbers
+    val10 = json.loads((r10 / "results.json").read_text())["datasets"]["blobs"]["val_auprc"]
+    val1 = json.loads(on_disk[0])["datasets"]["blobs"]["val_auprc"]
+    assert info["val_auprc"] == {"siamese": val10["siamese"], "siamese_1": val1["siamese"]}
+    head = next(h for h in merged.results["headline"] if h["dataset"] == "blobs")
+    for seed in ("3", "4"):
+        scores = {"siamese": val10["siamese"][seed], "siamese_1": val1["siamese"][seed]}
+        best = min(scores, key=lambda m, scores=scores: (-scores[m], m))
+        assert head["val_selected"]["picks"][seed] == best
+    # the renamed run's own files are not touched
+    assert ((r1 / "results.json").read_text(), (r1 / "per_episode.csv").read_text()) == on_disk
+
+    # a new name another run holds meets it like any method in two runs: the merged run's
+    # siamese_1 is r1's siamese, so renamed again it is a reproduction; a clash is refused
+    again = merge_benchmarks(
+        [tmp_path / "m", r1], tmp_path / "t", rename={(r1, "siamese"): "siamese_1"}
+    )
+    assert any(
+        n.startswith("reproduced exactly by r1")
+        for n in again.results["datasets"]["blobs"]["method_notes"]["siamese_1"]
+    )
+    with pytest.raises(ConfigError, match=r"'siamese_1' is in both .* with different numbers"):
+        merge_benchmarks(
+            [tmp_path / "m", r10], tmp_path / "x", rename={(r10, "siamese"): "siamese_1"}
+        )
+
+    for rename, match in [
+        ({(tmp_path / "nowhere", "siamese"): "s1"}, r"rename .*nowhere:siamese=s1: .* is not one"),
+        ({(r1, "proto"): "p1"}, r"rename .*r1:proto=p1: .*r1 has no 'proto' to rename"),
+        ({(r1, "siamese"): "siamese.1"}, r"siamese\.1: a method name is a letter"),
+        ({(r10, "siamese"): "lr_sup"}, r"r10 already has a method 'lr_sup'"),
+        ({(r1, "siamese"): "x", (r10, "siamese"): "x"}, r"'x' is in both .* different numbers"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            merge_benchmarks([r10, r1], tmp_path / "x", rename=rename)
+    assert not (tmp_path / "x").exists()
+
+    cli = CliRunner()
+    args = ["benchmark-merge", str(r10), str(r1), "--no-mlflow", "--out"]
+    got = cli.invoke(app, [*args, str(tmp_path / "c"), "--rename", f"{r1}:siamese=siamese_1"])
+    assert got.exit_code == 0, got.output
+    assert "siamese_1" in got.stdout
+    for bad, says in [
+        ("siamese=s1", "expected RUN:METHOD=NAME"),
+        (f"{r1}:siamese", "expected RUN:METHOD=NAME"),
+        (f"{r1}:lr_sup=x", "has no 'lr_sup' to rename"),
+    ]:
+        out = cli.invoke(app, [*args, str(tmp_path / "x"), "--rename", bad])
+        assert out.exit_code == 2 and says in out.output, out.output
+    twice = ["--rename", f"{r1}:siamese=a", "--rename", f"{r1}:siamese=b"]
+    out = cli.invoke(app, [*args, str(tmp_path / "x"), *twice])
+    assert out.exit_code == 2 and "is renamed twice" in out.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_the_steps_line_names_the_common_length_then_the_others() -> None:
     from metaad.benchmark import _steps_line
 

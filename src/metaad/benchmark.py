@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -1041,6 +1042,7 @@ def merge_benchmarks(
     *,
     tracking_uri: str | None = None,
     take: Mapping[str, str | Path] | None = None,
+    rename: Mapping[tuple[str | Path, str], str] | None = None,
 ) -> BenchmarkResult:
     """Several benchmark runs of different methods on the same frozen episodes, as one report.
 
@@ -1059,6 +1061,14 @@ def merge_benchmarks(
     purpose, e.g. ``metasgd`` at 300 steps in one and 3,000 in the other: that run's numbers
     count, and a note names the others with their largest difference. A method or run it names
     that the runs do not hold is refused by name.
+
+    ``rename`` ((run, method) -> new name) keeps both instead: that run's method joins the
+    report under the new name, as a method of its own (same family, its own rows, steps,
+    meta-val numbers and a note saying where it came from). Two settings of one learner, e.g.
+    ``metasgd`` at 300, 1,500 and 3,000 steps, then stand side by side, and the meta-val pick
+    per seed chooses among them as among any meta-learners: the length is chosen on the
+    validation types, not by a person who has seen the unseen ones. ``take`` names methods
+    after renaming.
     """
     from metaad.evaluation.plots import plot_auprc_vs_k
     from metaad.evaluation.runner import summarise
@@ -1079,6 +1089,8 @@ def merge_benchmarks(
         except (OSError, ValueError) as exc:
             raise DataError(f"{d} is not a finished benchmark run: {exc}") from exc
         loaded.append((d, res, per))
+    if rename:
+        loaded = _renamed(loaded, rename)
     chosen: dict[str, Path] = {}
     for m, run in (take or {}).items():
         match = [d for d, _, _ in loaded if d.resolve() == Path(run).resolve()]
@@ -1231,6 +1243,87 @@ def merge_benchmarks(
     return finish_benchmark(
         cfg, out_dir, merged, validation=validation, seconds=seconds, tracking_uri=tracking_uri
     )
+
+
+_METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+# a dataset's per-method entries in results.json, each keyed by method name
+_PER_METHOD_KEYS = (
+    "families",
+    "fit_seconds",
+    "eval_seconds",
+    "val_auprc",
+    "method_episodes_sha256",
+    "method_notes",
+    "failed_methods",
+)
+
+
+def _renamed(
+    loaded: list[tuple[Path, dict[str, Any], pd.DataFrame]],
+    rename: Mapping[tuple[str | Path, str], str],
+) -> list[tuple[Path, dict[str, Any], pd.DataFrame]]:
+    """``loaded`` with each (run, method) of ``rename`` under its new name, checked first.
+
+    Refused by name: a run not merged, a method the run does not hold, a name that is not a
+    plain identifier (it becomes part of MLflow metric names, where a dot would split it), a
+    name the same run already uses. A new name that another run uses meets it as any method
+    in two runs does: accepted as an exact reproduction, refused otherwise, unless taken."""
+    held = {d: _methods_of(res) for d, res, _ in loaded}
+    by_run: dict[Path, dict[str, str]] = {}
+    for (run, method), new in rename.items():
+        what = f"rename {run}:{method}={new}"
+        match = [d for d, _, _ in loaded if d.resolve() == Path(run).resolve()]
+        if not match:
+            raise ConfigError(
+                f"{what}: {run} is not one of the runs merged "
+                f"({', '.join(str(d) for d, _, _ in loaded)})"
+            )
+        if method not in held[match[0]]:
+            raise ConfigError(f"{what}: {run} has no {method!r} to rename")
+        if not _METHOD_NAME.fullmatch(new):
+            raise ConfigError(
+                f"{what}: a method name is a letter, then letters, digits, '_' or '-' "
+                "(it becomes part of MLflow metric names)"
+            )
+        names = by_run.setdefault(match[0], {})
+        if new in held[match[0]] or new in names.values():
+            raise ConfigError(f"{what}: {run} already has a method {new!r}")
+        names[method] = new
+    out = []
+    for d, res, per in loaded:
+        names = by_run.get(d)
+        if not names:
+            out.append((d, res, per))
+            continue
+        res = json.loads(json.dumps(res))  # a copy: the run's own files are not touched
+
+        def key(m: str, names: Mapping[str, str] = names) -> str:
+            return names.get(m, m)
+
+        for info in res["datasets"].values():
+            for k in _PER_METHOD_KEYS:
+                if k in info:
+                    info[k] = {key(m): v for m, v in info[k].items()}
+            steps = info["description"].get("meta_training_steps")
+            if steps is not None:
+                info["description"]["meta_training_steps"] = {key(m): v for m, v in steps.items()}
+            for old, new in names.items():
+                if new in info.get("families", {}) or new in info.get("failed_methods", {}):
+                    notes = info.setdefault("method_notes", {}).setdefault(new, [])
+                    notes.insert(0, f"{old} of {d.name}, renamed {new} in this merge")
+        res["config"]["methods"] = [key(m) for m in res["config"]["methods"]]
+        res["config"]["hparams"] = {key(m): v for m, v in res["config"]["hparams"].items()}
+        out.append((d, res, per.assign(method=per["method"].map(key))))
+    return out
+
+
+def _methods_of(res: Mapping[str, Any]) -> set[str]:
+    """Every method a run holds: finished or failed, on any of its datasets."""
+    return {
+        m
+        for info in res["datasets"].values()
+        for m in (*info.get("families", {}), *info.get("failed_methods", {}))
+    }
 
 
 def _largest_difference(a: pd.DataFrame, b: pd.DataFrame, method: str) -> float | None:

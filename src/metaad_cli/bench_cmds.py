@@ -156,6 +156,15 @@ def benchmark_merge(
             "steps) counts with RUN's numbers (repeatable).",
         ),
     ] = None,
+    rename: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rename",
+            help="RUN:METHOD=NAME: RUN's METHOD joins the report as NAME, beside the other "
+            "runs' METHOD, e.g. metasgd at 3,000 steps as metasgd_3000; the meta-val pick "
+            "then chooses among them (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Merge benchmark runs of different methods on the same frozen episodes into one report."""
     _logging()
@@ -170,7 +179,19 @@ def benchmark_merge(
             if not sep or not method or not run:
                 raise ConfigError(f"--take {item!r}: expected METHOD=RUN, e.g. metasgd={runs[-1]}")
             chosen[method] = run
-        res = merge_benchmarks(runs, out, tracking_uri=uri, take=chosen)
+        renamed: dict[tuple[str, str], str] = {}
+        for item in rename or []:
+            left, sep, name = item.rpartition("=")
+            run, colon, method = left.rpartition(":")
+            if not sep or not colon or not run or not method or not name:
+                raise ConfigError(
+                    f"--rename {item!r}: expected RUN:METHOD=NAME, e.g. "
+                    f"{runs[-1]}:metasgd=metasgd_3000"
+                )
+            if (run, method) in renamed:
+                raise ConfigError(f"--rename {item!r}: {run}:{method} is renamed twice")
+            renamed[(run, method)] = name
+        res = merge_benchmarks(runs, out, tracking_uri=uri, take=chosen, rename=renamed)
         typer.echo(res.markdown)
         typer.echo(json.dumps({"verdict": res.results["verdict"], "mlflow_run": res.mlflow_run_id}))
     except MetaADError as exc:
