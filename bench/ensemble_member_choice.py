@@ -34,11 +34,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from metaad.benchmark import freeze_episodes, load_checked, prepare_dataset, train_params
+from _study import frozen_seed
+from metaad.benchmark import train_params
 from metaad.config import load_params, set_offline_env
 from metaad.evaluation.metrics import auprc
 from metaad.models.base import Detector
-from metaad.stages import Prepared, train_method
+from metaad.stages import train_method
 
 TEMPERATURES = (0.02, 0.05, 0.1)
 
@@ -110,13 +111,7 @@ def main() -> None:
     out = Path(args.out) / f"{args.dataset}_seed{args.seed}_{'-'.join(names)}"
     out.mkdir(parents=True, exist_ok=True)
 
-    ds, _ = load_checked(args.dataset, data_dir=cfg.data_dir, validate=False)
-    prep = prepare_dataset(ds, shots=cfg.shots, split_seed=cfg.split_seed)
-    eps, digest = freeze_episodes(
-        prep, seed=args.seed, shots=cfg.shots, n_episodes=args.episodes,
-        path=out / f"episodes_seed{args.seed}.npz",
-    )  # fmt: skip
-    stage = Prepared(prep.split, prep.preprocessor, prep.pools, eps, prep.window)
+    prep, eps, digest, stage = frozen_seed(args.dataset, cfg, args.seed, args.episodes, out)
     params = train_params(cfg, prep.protocol, args.seed, "metric_ens", dataset=prep.name)
     ens, _, secs = train_method(params, stage, "metric_ens", progress=True, hparams=hp)
     members: list[Detector] = list(ens.members)  # type: ignore[attr-defined]

@@ -39,17 +39,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from metaad.benchmark import (
-    freeze_episodes,
-    load_checked,
-    prepare_dataset,
-    train_params,
-    val_episodes,
-)
+from _study import frozen_seed
+from metaad.benchmark import train_params, val_episodes
 from metaad.config import load_params, set_offline_env
 from metaad.evaluation.metrics import auprc
 from metaad.models.metric import MetricLearner
-from metaad.stages import Prepared, train_method
+from metaad.stages import train_method
 
 
 def pseudo_tasks(
@@ -173,13 +168,7 @@ def main() -> None:
     out = Path(args.out) / f"{args.dataset}_{args.method}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
 
-    ds, _ = load_checked(args.dataset, data_dir=cfg.data_dir, validate=False)
-    prep = prepare_dataset(ds, shots=cfg.shots, split_seed=cfg.split_seed)
-    eps, digest = freeze_episodes(
-        prep, seed=args.seed, shots=cfg.shots, n_episodes=args.episodes,
-        path=out / f"episodes_seed{args.seed}.npz",
-    )  # fmt: skip
-    stage = Prepared(prep.split, prep.preprocessor, prep.pools, eps, prep.window)
+    prep, eps, digest, stage = frozen_seed(args.dataset, cfg, args.seed, args.episodes, out)
     params = train_params(cfg, prep.protocol, args.seed, args.method, dataset=prep.name)
     det, _, secs = train_method(params, stage, args.method, progress=True)
     if not isinstance(det, MetricLearner):
