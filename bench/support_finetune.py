@@ -46,6 +46,9 @@ from metaad.evaluation.metrics import auprc
 from metaad.models.metric import MetricLearner
 from metaad.stages import train_method
 
+#: The learners this applies to: the metric family, one forward pass per task.
+METRIC_LEARNERS = ("proto", "siamese", "triplet", "deviation")
+
 
 def pseudo_tasks(
     ys: np.ndarray, rng: np.random.Generator
@@ -153,6 +156,10 @@ def main() -> None:
         return
     if not args.dataset:
         ap.error("--dataset is required (or --from-csv)")
+    if args.method not in METRIC_LEARNERS:
+        ap.error(f"--method must be a metric learner, one of {list(METRIC_LEARNERS)}")
+    if any("=" not in kv for kv in args.set):
+        ap.error("--set takes KEY=VALUE, e.g. --set benchmark.steps=300")
     set_offline_env()
 
     overrides: dict[str, object] = {
@@ -171,8 +178,7 @@ def main() -> None:
     prep, eps, digest, stage = frozen_seed(args.dataset, cfg, args.seed, args.episodes, out)
     params = train_params(cfg, prep.protocol, args.seed, args.method, dataset=prep.name)
     det, _, secs = train_method(params, stage, args.method, progress=True)
-    if not isinstance(det, MetricLearner):
-        raise SystemExit(f"{args.method} is not a metric learner")
+    assert isinstance(det, MetricLearner)
     rows = []
     sets = [("test", eps)]
     veps = val_episodes(prep, seed=args.seed)
