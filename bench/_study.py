@@ -2,12 +2,16 @@
 
 The studies (``ensemble_member_choice.py``, ``support_finetune.py``) score variants of a
 meta-learner on exactly the episodes ``metaad benchmark`` freezes for a seed, so their
-``base`` rows reproduce the benchmark's numbers and their differences are paired.
+``base`` rows reproduce the benchmark's numbers and their differences are paired
+(:func:`paired`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from metaad.benchmark import PreparedDataset, freeze_episodes, load_checked, prepare_dataset
 from metaad.config import BenchmarkConfig
@@ -30,3 +34,31 @@ def frozen_seed(
         path=out / f"episodes_seed{seed}.npz",
     )  # fmt: skip
     return prep, eps, digest, Prepared(prep.split, prep.preprocessor, prep.pools, eps, prep.window)
+
+
+def paired(
+    per: pd.DataFrame, pairs: list[tuple[str, str]], by: list[str], draws: int = 2000
+) -> pd.DataFrame:
+    """``a - b`` for each ``(a, b)`` in ``pairs`` on the same episodes, per group of ``by``:
+    the macro mean over types and a 95% interval.
+
+    ``per`` has one row per episode, a ``type`` column and one AUPRC column per variant. The
+    interval bootstraps the episodes within each type (types fixed), as the benchmark's
+    ``delta_paired`` does.
+    """
+    rng = np.random.default_rng(0)
+    rows = []
+    for key, g in per.groupby(by):
+        for a, b in pairs:
+            groups = [(g.loc[g["type"] == t, a] - g.loc[g["type"] == t, b]).dropna().to_numpy()
+                      for t in sorted(g["type"].unique())]  # fmt: skip
+            groups = [d for d in groups if len(d)]
+            if not groups:
+                continue
+            point = float(np.mean([d.mean() for d in groups]))
+            boots = [np.mean([rng.choice(d, len(d)).mean() for d in groups]) for _ in range(draws)]
+            lo, hi = np.percentile(boots, [2.5, 97.5])
+            keys = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
+            rows.append({**keys, "a - b": f"{a} - {b}", "mean": point,
+                         "ci": f"[{lo:+.3f}, {hi:+.3f}]"})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -17,12 +17,26 @@ rules:
 - ``oracle``: the best member per episode, chosen on the query labels: the ceiling of any
   per-task choice, not a method.
 
+``--baselines`` adds baselines of the benchmark (trained on the same seed's meta-train pool as
+the benchmark trains them) and, per baseline ``b``, two blends that ask whether the
+meta-learners and the simple support-fitted models make different mistakes:
+
+- ``mean+b``: the mean of the ensemble's mean and ``b``, each standardised on the support
+  normals (inductive: a row's score does not depend on the other query rows);
+- ``rank:mean+b``: the mean of the two scores' ranks within the query (transductive, a
+  reference for how much a blend could give whatever the scales; a streaming detector
+  could not use it).
+
 The rules need two support anomalies, so K=0 and K=1 show the members and the mean only.
-The README's "Choosing members per task" gives what it found and the commands.
+docs/benchmark-log.md ("Choosing ensemble members per task from the support", "Blending the
+ensemble with a baseline") gives what they found and the commands.
 
     python bench/ensemble_member_choice.py --dataset skab --seed 0 --episodes 4
     python bench/ensemble_member_choice.py --dataset sparkov \\
         --members proto,siamese,triplet,deviation,metasgd
+    python bench/ensemble_member_choice.py --dataset skab --baselines lr_sup,knn
+    python bench/ensemble_member_choice.py --dataset skab --from-csv \\
+        artifacts/member_choice/skab_seed0_proto-siamese-triplet-deviation_with_lr_sup-knn/per_episode.csv
 """
 
 from __future__ import annotations
@@ -32,13 +46,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from tqdm import tqdm
 
-from _study import frozen_seed
+from _study import frozen_seed, paired
 from metaad.benchmark import train_params
 from metaad.config import load_params, set_offline_env
 from metaad.evaluation.metrics import auprc
 from metaad.models.base import Detector
+from metaad.models.baselines import BASELINES
 from metaad.stages import train_method
 
 TEMPERATURES = (0.02, 0.05, 0.1)
@@ -71,10 +87,24 @@ def loo_auprc(members: list[Detector], Xs: np.ndarray, ys: np.ndarray) -> np.nda
     return np.array([auprc(y, np.concatenate(s)) for s in held_s])
 
 
-def episode_row(members: list[Detector], names: list[str], Xs, ys, Xq, yq) -> dict[str, float]:
+def episode_row(
+    members: list[Detector],
+    names: list[str],
+    Xs,
+    ys,
+    Xq,
+    yq,
+    baselines: dict[str, Detector] | None = None,
+) -> dict[str, float]:
     S = np.stack([standardised(det, Xs, ys, Xq) for det in members])
     row = {name: auprc(yq, s) for name, s in zip(names, S, strict=True)}
-    row["mean"] = auprc(yq, S.mean(axis=0))
+    mean = S.mean(axis=0)
+    row["mean"] = auprc(yq, mean)
+    for b, det in (baselines or {}).items():
+        sb = standardised(det, Xs, ys, Xq)
+        row[b] = auprc(yq, sb)
+        row[f"mean+{b}"] = auprc(yq, (mean + sb) / 2)
+        row[f"rank:mean+{b}"] = auprc(yq, rankdata(mean) + rankdata(sb))
     row["oracle"] = max(row[n] for n in names)
     if int(ys.sum()) >= 2:
         loo = loo_auprc(members, Xs, ys)
@@ -93,9 +123,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="benchmark seed (episodes and training)")
     ap.add_argument("--episodes", type=int, default=4, help="episodes per unseen type and K")
     ap.add_argument("--members", default="proto,siamese,triplet,deviation")
+    ap.add_argument(
+        "--baselines", default="", help="comma-separated baselines to blend with the mean"
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="artifacts/member_choice")
+    ap.add_argument("--from-csv", type=Path, help="reprint the tables of an earlier run's rows")
     args = ap.parse_args()
+    if args.from_csv is not None:
+        report(pd.read_csv(args.from_csv), f"{args.from_csv}: macro AUPRC by K:")
+        return
     set_offline_env()
 
     names = [m.strip() for m in args.members.split(",") if m.strip()]
@@ -108,28 +145,59 @@ def main() -> None:
         m: v for m, v in dict(hp.get("member_hparams", {})).items() if m in names
     }
     cfg.hparams["metric_ens"] = hp
+    base_names = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    unknown = sorted(set(base_names) - set(BASELINES))
+    if unknown:
+        raise SystemExit(f"--baselines: not a baseline: {unknown}; known: {sorted(BASELINES)}")
     out = Path(args.out) / f"{args.dataset}_seed{args.seed}_{'-'.join(names)}"
+    if base_names:
+        out = out.with_name(out.name + "_with_" + "-".join(base_names))
     out.mkdir(parents=True, exist_ok=True)
 
     prep, eps, digest, stage = frozen_seed(args.dataset, cfg, args.seed, args.episodes, out)
     params = train_params(cfg, prep.protocol, args.seed, "metric_ens", dataset=prep.name)
     ens, _, secs = train_method(params, stage, "metric_ens", progress=True, hparams=hp)
     members: list[Detector] = list(ens.members)  # type: ignore[attr-defined]
+    baselines: dict[str, Detector] = {}
+    for b in base_names:
+        bp = train_params(cfg, prep.protocol, args.seed, b, dataset=prep.name)
+        baselines[b], _, _ = train_method(bp, stage, b)
     pool = prep.pools["test"]
     rows = []
     for i in tqdm(range(len(eps)), desc="episodes", unit="ep"):
         ep = eps[i]
         Xs, ys = pool.X[ep.support_idx], np.asarray(ep.support_y)
-        row = episode_row(members, names, Xs, ys, pool.X[ep.query_idx], np.asarray(ep.query_y))
+        Xq, yq = pool.X[ep.query_idx], np.asarray(ep.query_y)
+        row = episode_row(members, names, Xs, ys, Xq, yq, baselines)
         rows.append({"type": ep.type, "K": int(ep.shots), "rep": int(ep.seed), **row})
     per = pd.DataFrame(rows)
     per.to_csv(out / "per_episode.csv", index=False)
+    report(per, f"{args.dataset}, seed {args.seed}, {args.episodes} episodes (sha256 "
+                f"{digest[:12]}), meta-training {secs:.0f} s; macro AUPRC over the unseen "
+                "types, by K:")  # fmt: skip
+    print(f"per-episode rows: {out / 'per_episode.csv'}")
+
+
+def report(per: pd.DataFrame, header: str) -> None:
+    """The macro table by K and, when baselines were blended, each blend's paired gains."""
     rules = [c for c in per.columns if c not in ("type", "K", "rep")]
     macro = per.groupby(["K", "type"])[rules].mean().groupby("K").mean().T
-    print(f"{args.dataset}, seed {args.seed}, {args.episodes} episodes (sha256 {digest[:12]}), "
-          f"meta-training {secs:.0f} s; macro AUPRC over the unseen types, by K:")  # fmt: skip
+    print(header)
     print(macro.to_markdown(floatfmt=".3f"))
-    print(f"per-episode rows: {out / 'per_episode.csv'}")
+    blended = [c.split("+", 1)[1] for c in rules if c.startswith("mean+")]
+    pairs = [
+        pair
+        for b in blended
+        for pair in (
+            (f"mean+{b}", "mean"),
+            (f"mean+{b}", b),
+            ("mean", b),
+            (f"rank:mean+{b}", "mean"),
+        )
+    ]
+    if pairs:
+        print("paired, a - b (95% interval over episodes, bootstrapped within type):")
+        print(paired(per, pairs, ["K"]).to_markdown(index=False, floatfmt="+.3f"))
 
 
 if __name__ == "__main__":

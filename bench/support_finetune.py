@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from _study import frozen_seed
+from _study import frozen_seed, paired
 from metaad.benchmark import train_params, val_episodes
 from metaad.config import load_params, set_offline_env
 from metaad.evaluation.metrics import auprc
@@ -108,33 +108,14 @@ def episode_row(
     return row
 
 
-def paired(per: pd.DataFrame, draws: int = 2000) -> pd.DataFrame:
-    """Each variant minus ``base`` on the same episodes: macro mean and a 95% interval.
-
-    The interval bootstraps the episodes within each type (types fixed), as the benchmark's
-    ``delta_paired`` does.
-    """
-    rng = np.random.default_rng(0)
-    rows = []
-    for (split, k), g in per.groupby(["split", "K"]):
-        for col in [c for c in per.columns if c.startswith("ft_")]:
-            groups = [(g.loc[g["type"] == t, col] - g.loc[g["type"] == t, "base"]).to_numpy()
-                      for t in sorted(g["type"].unique())]  # fmt: skip
-            point = float(np.mean([d.mean() for d in groups]))
-            boots = [np.mean([rng.choice(d, len(d)).mean() for d in groups]) for _ in range(draws)]
-            lo, hi = np.percentile(boots, [2.5, 97.5])
-            rows.append({"split": split, "K": k, "variant": col, "minus base": point,
-                         "ci": f"[{lo:+.3f}, {hi:+.3f}]"})  # fmt: skip
-    return pd.DataFrame(rows)
-
-
 def report(per: pd.DataFrame, header: str) -> None:
     cols = [c for c in per.columns if c not in ("split", "type", "K")]
     macro = per.groupby(["split", "K", "type"])[cols].mean().groupby(["split", "K"]).mean().T
     print(header)
     print(macro.to_markdown(floatfmt=".3f"))
     print("paired, variant - base (95% interval over episodes, bootstrapped within type):")
-    print(paired(per).to_markdown(index=False, floatfmt="+.3f"))
+    pairs = [(c, "base") for c in per.columns if c.startswith("ft_")]
+    print(paired(per, pairs, ["split", "K"]).to_markdown(index=False, floatfmt="+.3f"))
 
 
 def main() -> None:
