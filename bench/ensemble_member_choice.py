@@ -119,7 +119,7 @@ def episode_row(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--dataset", help="required unless --from-csv")
     ap.add_argument("--seed", type=int, default=0, help="benchmark seed (episodes and training)")
     ap.add_argument("--episodes", type=int, default=4, help="episodes per unseen type and K")
     ap.add_argument("--members", default="proto,siamese,triplet,deviation")
@@ -128,11 +128,21 @@ def main() -> None:
     )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="artifacts/member_choice")
-    ap.add_argument("--from-csv", type=Path, help="reprint the tables of an earlier run's rows")
+    ap.add_argument(
+        "--from-csv",
+        type=Path,
+        nargs="+",
+        help="reprint the tables of earlier runs' rows; several files (one per seed, the same "
+        "rules and baselines) are pooled: every type's episodes of every seed",
+    )
     args = ap.parse_args()
-    if args.from_csv is not None:
-        report(pd.read_csv(args.from_csv), f"{args.from_csv}: macro AUPRC by K:")
+    if args.from_csv:
+        per = pd.concat([pd.read_csv(f) for f in args.from_csv], ignore_index=True)
+        names = ", ".join(str(f) for f in args.from_csv)
+        report(per, f"{names}: macro AUPRC by K ({len(args.from_csv)} file(s) pooled):")
         return
+    if not args.dataset:
+        ap.error("--dataset is required (unless --from-csv reprints earlier rows)")
     set_offline_env()
 
     names = [m.strip() for m in args.members.split(",") if m.strip()]
