@@ -587,6 +587,90 @@ def test_a_stopped_benchmark_resumes_from_the_units_it_finished(
     assert calls == [(s, m) for s in (3, 4) for m in cfg.methods]
 
 
+def test_hparams_for_sets_a_methods_hyperparameters_on_one_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``benchmark.hparams_for`` merges settings over ``benchmark.hparams`` for one dataset
+    (as params.yaml turns on the whole-window k-NN term on Tennessee Eastman only), nested
+    mappings key by key; the settings are in the report, in each unit's fingerprint (a
+    resume under others is refused by name) and survive a merge and a rename."""
+    import metaad.stages as stages
+    from metaad.benchmark import merge_benchmarks
+    from metaad.config import load_params
+    from metaad.errors import ConfigError
+
+    real = stages.train_method
+    seen: dict[str, dict] = {}
+
+    def patched(params, prep, method, **kw):
+        seen[method] = dict(params.train.hparams)
+        return real(params, prep, method, **kw)
+
+    monkeypatch.setattr(stages, "train_method", patched)
+    cfg = BenchmarkConfig(
+        datasets=("blobs",), methods=("proto", "siamese", "lr_sup"), shots=(0, 5), seeds=(3,),
+        n_episodes=2, steps=10, meta_batch=4,
+        hparams={"siamese": {"memory": 8, "out_dim": 16}, "lr_sup": {"C": 1.0}},
+        hparams_for={"blobs": {"siamese": {"raw_knn": True, "memory": 12}},
+                     "tep": {"proto": {"raw_knn": True}}},
+    )  # fmt: skip
+    res = run_benchmark(cfg, tmp_path / "r", datasets=[blobs_dataset()], tracking_uri=None)
+    assert seen["siamese"] == {"memory": 12, "out_dim": 16, "raw_knn": True}
+    assert seen["proto"] == {} and seen["lr_sup"] == {"C": 1.0}  # tep's entry is tep's
+    info = res.results["datasets"]["blobs"]
+    assert info["description"]["hparams_for"] == {"siamese": {"raw_knn": True, "memory": 12}}
+    line = '- On this set only (benchmark.hparams_for): siamese {"memory": 12, "raw_knn": true}.'
+    assert line in (tmp_path / "r" / "results.md").read_text()
+    assert res.results["config"]["hparams_for"]["tep"] == {"proto": {"raw_knn": True}}
+    with pytest.raises(ConfigError, match=r"siamese seed 3: .*raw_knn"):
+        run_benchmark(
+            replace(cfg, hparams_for={}), tmp_path / "r", datasets=[blobs_dataset()],
+            tracking_uri=None, resume=True,
+        )  # fmt: skip
+    r, b = tmp_path / "r", tmp_path / "b"  # b: another method, no per-set settings
+    run_benchmark(
+        replace(cfg, methods=("deviation",), hparams_for={}), b, datasets=[blobs_dataset()],
+        tracking_uri=None,
+    )  # fmt: skip
+    merged = merge_benchmarks([r, b], tmp_path / "m", rename={(r, "siamese"): "sia_knn"})
+    got = merged.results["datasets"]["blobs"]["description"]["hparams_for"]
+    assert got == {"sia_knn": {"raw_knn": True, "memory": 12}}
+    assert merged.results["config"]["hparams_for"]["blobs"] == got
+    assert "sia_knn {" in merged.markdown
+
+    # nested settings merge key by key: the members keep their banks
+    p = load_params(
+        tmp_path / "none.yaml",
+        {
+            "benchmark.hparams.metric_ens": {"member_hparams": {"proto": {"memory": 512}}},
+            "benchmark.hparams_for.tep.metric_ens.member_hparams.proto.raw_knn": "true",
+        },
+    )
+    assert p.benchmark.hparams_of("tep", "metric_ens") == {
+        "member_hparams": {"proto": {"memory": 512, "raw_knn": True}}
+    }
+    assert p.benchmark.hparams_of("skab", "metric_ens") == {
+        "member_hparams": {"proto": {"memory": 512}}
+    }
+
+    def refused(hparams_for: Any, match: str) -> None:
+        with pytest.raises(ConfigError, match=match):
+            run_benchmark(
+                replace(TINY, hparams_for=hparams_for), tmp_path / "x", tracking_uri=None,
+                datasets=[blobs_dataset()],
+            )  # fmt: skip
+
+    refused({"blbos": {"proto": {}}}, r"hparams_for names dataset 'blbos', which is neither")
+    refused({"blobs": {"nope": {}}}, r"hparams_for\.blobs\.nope: no method 'nope'")
+    for bad, match in [
+        ({"blobs": 3}, r"hparams_for\.blobs must map methods to hparams"),
+        ({"blobs": {"proto": 3}}, r"hparams_for\.blobs\.proto must be a mapping"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            replace(TINY, hparams_for=bad)
+    assert not (tmp_path / "x").exists()
+
+
 def test_steps_for_gives_one_meta_learner_its_own_length_on_one_dataset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,10 +9,12 @@ import torch
 from metaad.models.metric import MetricLearner, score_many
 
 
-@pytest.mark.parametrize("raw_proto", [False, True])
-def test_score_many_equals_scoring_each_state(raw_proto: bool) -> None:
+@pytest.mark.parametrize(
+    "terms", [{}, {"raw_proto": True}, {"raw_knn": True}, {"raw_knn": True, "task_norm": 0.1}]
+)
+def test_score_many_equals_scoring_each_state(terms: dict) -> None:
     rng = np.random.default_rng(0)
-    det = MetricLearner((7,), memory=16, raw_proto=raw_proto)
+    det = MetricLearner((7,), memory=16, **terms)
     det.net.memory.normal_()
     det.net.memory_filled.fill_(True)
     normals = rng.normal(size=(30, 7)).astype(np.float32)
@@ -205,3 +207,83 @@ def test_task_norm_trains_saves_and_refuses_bad_values(tmp_path) -> None:
     X = rng.normal(size=(50, 6)).astype(np.float32)
     Xs = np.r_[anomalies, normals]
     np.testing.assert_allclose(back.adapt(Xs, y).score(X), det.adapt(Xs, y).score(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(7,), (6, 3)])
+@pytest.mark.parametrize("task_norm", [0.0, 0.1])
+def test_whole_window_knn_term_is_the_knn_baselines_distance(shape, task_norm: float) -> None:
+    """``raw_knn``: the term is ``w * gain * (d - mu)``, ``d`` the mean Euclidean distance of
+    the flattened row to its 5 nearest normals (support normals plus the bank, as sklearn's
+    k-NN finds them), ``mu`` and ``sd`` the mean and spread of the support normals' own
+    leave-one-out distances, ``gain`` the spread of the rest of the logit on the support
+    normals over ``sd``. It is in the logit at every K, and scoring in chunks gives the
+    training logit."""
+    from sklearn.neighbors import NearestNeighbors
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(7)
+    det = MetricLearner(shape, memory=16, raw_knn=True, task_norm=task_norm)
+    with torch.no_grad():
+        for p in det.net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        det.net.memory.normal_()
+    det.net.memory_filled.fill_(True)
+    normals = rng.normal(size=(30, *shape)).astype(np.float32)
+    X = rng.normal(scale=1.5, size=(400, *shape)).astype(np.float32)
+    mem = det.net.memory.numpy()
+    if task_norm > 0:  # every row in the support normals' frame (per feature / channel)
+        axes = tuple(range(normals.ndim - 1))
+        mu, sd = normals.mean(axes), np.sqrt(normals.var(axes) + task_norm**2)
+        frame = lambda a: np.clip((a - mu) / sd, -50, 50)  # noqa: E731
+    else:
+        frame = lambda a: a  # noqa: E731
+    ref = np.r_[frame(normals).reshape(30, -1), frame(mem).reshape(16, -1)]
+    index = NearestNeighbors(n_neighbors=5).fit(ref)
+    d = index.kneighbors(frame(X).reshape(len(X), -1))[0].mean(1)
+    loo = index.kneighbors(ref[:30], n_neighbors=6)[0][:, 1:].mean(1)
+    w = float(torch.nn.functional.softplus(det.net.raw_knn_w.detach()))
+    for shots in (0, 3):
+        anomalies = rng.normal(loc=2.0, size=(shots, *shape)).astype(np.float32)
+        Xs = np.r_[anomalies, normals]
+        y = np.r_[np.ones(shots), np.zeros(30)].astype(np.int64)
+        adapted = det.adapt(Xs, y)
+        det.core.raw_knn = False  # the same weights and support without the term
+        plain = det.adapt(Xs, y)
+        det.core.raw_knn = True
+        gain = plain.score(normals).std() / loo.std()
+        assert float(adapted.state.knn_gain) == pytest.approx(gain, rel=1e-4)
+        assert float(adapted.state.knn_mu) == pytest.approx(loo.mean(), rel=1e-5)
+        term = w * gain * (d - loo.mean())
+        got = adapted.score(X, chunk=150)
+        np.testing.assert_allclose(got - plain.score(X), term, rtol=1e-4, atol=1e-4)
+        with torch.inference_mode():
+            want = det.core.logit(adapted.state, torch.as_tensor(X)[None])[0].double().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_whole_window_knn_term_trains_saves_and_old_weights_load(tmp_path) -> None:
+    """Only the term's weight is learned (the gradient reaches it); it saves with the model,
+    and weights saved before the term existed load when it is off and are refused by name
+    when it is on."""
+    from metaad.errors import ConfigError
+    from metaad.models.base import FitConfig
+    from metaad.models.registry import load_detector
+
+    rng = np.random.default_rng(8)
+    det = MetricLearner((6,), memory=8, raw_knn=True, seed=2)
+    before = det.net.raw_knn_w.detach().clone()
+    det.fit(_two_type_pool(rng), FitConfig(steps=15, meta_batch=4, shots=(0, 1, 5)))
+    assert not torch.equal(before, det.net.raw_knn_w.detach())
+    det.save(tmp_path / "m")
+    back = load_detector(tmp_path / "m")
+    assert back.core.raw_knn
+    Xs = rng.normal(size=(30, 6)).astype(np.float32)
+    X = rng.normal(size=(50, 6)).astype(np.float32)
+    y = np.zeros(30, np.int64)
+    np.testing.assert_allclose(back.adapt(Xs, y).score(X), det.adapt(Xs, y).score(X), atol=1e-6)
+    state = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
+    del state["raw_knn_w"]  # what an older bundle holds
+    torch.save(state, tmp_path / "m" / "weights.pt")
+    MetricLearner((6,), memory=8).load_weights(tmp_path / "m")
+    with pytest.raises(ConfigError, match="raw_knn_w"):
+        MetricLearner((6,), memory=8, raw_knn=True).load_weights(tmp_path / "m")

@@ -274,8 +274,9 @@ def train_params(
     cfg: BenchmarkConfig, protocol: Protocol, seed: int, method: str, *, dataset: str
 ) -> Params:
     """The training settings of one (method, seed) on ``dataset``: the pipeline's Params with
-    the benchmark's values (its steps per dataset and method: :meth:`BenchmarkConfig.steps_of`)."""
-    hp = dict(cfg.hparams.get(method, {}))
+    the benchmark's values (its steps and hyperparameters per dataset and method:
+    :meth:`BenchmarkConfig.steps_of`, :meth:`BenchmarkConfig.hparams_of`)."""
+    hp = cfg.hparams_of(dataset, method)
     steps = cfg.steps_of(dataset, method)
     return Params(
         train=TrainConfig(
@@ -293,13 +294,26 @@ def train_params(
 
 
 def check_steps_for(cfg: BenchmarkConfig, datasets: Sequence[str]) -> None:
-    """Refuse a ``steps_for`` entry that would do nothing: a dataset neither registered nor
-    run, or a method that is not a meta-learner (a baseline has no meta-training steps)."""
+    """Refuse a ``steps_for`` or ``hparams_for`` entry that would do nothing: a dataset
+    neither registered nor run, a method that does not exist, or (``steps_for``) a method
+    that is not a meta-learner (a baseline has no meta-training steps)."""
     from metaad.datasets.registry import DATASETS
     from metaad.models.registry import family_of, list_methods
 
     known_sets = set(DATASETS) | set(datasets)
-    learners = sorted(m for m in list_methods() if family_of(m) in ("metric", "maml"))
+    methods = sorted(list_methods())
+    for ds, by_method in cfg.hparams_for.items():
+        if ds not in known_sets:
+            raise ConfigError(
+                f"benchmark.hparams_for names dataset {ds!r}, which is neither registered nor "
+                f"run; known: {sorted(known_sets)}"
+            )
+        for m in by_method:
+            if m not in methods:
+                raise ConfigError(
+                    f"benchmark.hparams_for.{ds}.{m}: no method {m!r}; methods: {methods}"
+                )
+    learners = sorted(m for m in methods if family_of(m) in ("metric", "maml"))
     for ds, by_method in cfg.steps_for.items():
         if ds not in known_sets:
             raise ConfigError(
@@ -500,6 +514,12 @@ def run_dataset(
                 m: cfg.steps_of(prep.name, m)
                 for m in cfg.methods
                 if families[m] in ("metric", "maml")
+            },
+            # what benchmark.hparams_for set on this dataset only, per method it ran
+            "hparams_for": {
+                m: dict(hp)
+                for m, hp in cfg.hparams_for.get(prep.name, {}).items()
+                if m in cfg.methods
             },
         },
         failures=failures,
@@ -735,6 +755,14 @@ def _steps_line(steps: Mapping[str, int] | None) -> str | None:
     return f"- Meta-training steps: {common}" + (f" ({others})" if others else "") + "."
 
 
+def _hparams_for_line(by_method: Mapping[str, Any] | None) -> str | None:
+    """``- On this set only (benchmark.hparams_for): triplet {raw_knn: true}.``"""
+    if not by_method:
+        return None
+    parts = "; ".join(f"{m} {json.dumps(hp, sort_keys=True)}" for m, hp in by_method.items())
+    return f"- On this set only (benchmark.hparams_for): {parts}."
+
+
 def dataset_markdown(res: DatasetResult, shots: Sequence[int]) -> str:
     from metaad.evaluation.report import markdown_table, per_type_table
 
@@ -760,6 +788,7 @@ def dataset_markdown(res: DatasetResult, shots: Sequence[int]) -> str:
         + ".",
         *(f"- {n}" for n in p["notes"]),
         *([steps_line] if (steps_line := _steps_line(d.get("meta_training_steps"))) else []),
+        *([hp_line] if (hp_line := _hparams_for_line(d.get("hparams_for"))) else []),
         *(
             f"- **{m} failed and is left out of these tables** ({why})."
             for m, why in res.failures.items()
@@ -1215,6 +1244,13 @@ def merge_benchmarks(
                     for m, fam in info["families"].items()
                     if owner.get(m) == d and fam in ("metric", "maml")
                 },
+                # each method's per-set settings from the run its numbers come from
+                "hparams_for": {
+                    m: hp
+                    for d, info, _ in group
+                    for m, hp in info["description"].get("hparams_for", {}).items()
+                    if owner.get(m) == d
+                },
             },
             report=ref["report"],
             failures=failures,
@@ -1230,12 +1266,17 @@ def merge_benchmarks(
         merged[name] = res
     methods = list(dict.fromkeys(m for _, res, _ in loaded for m in res["config"]["methods"]))
     hparams = {m: hp for _, res, _ in loaded for m, hp in res["config"]["hparams"].items()}
+    hparams_for: dict[str, dict[str, Any]] = {}
+    for _, res, _ in loaded:
+        for ds, by_method in res["config"].get("hparams_for", {}).items():
+            hparams_for.setdefault(ds, {}).update(by_method)
     base = {k: tuple(v) if isinstance(v, list) else v for k, v in first["config"].items()}
     cfg = replace(
         BenchmarkConfig(**base),
         methods=tuple(methods),
         datasets=tuple(merged),
         hparams=hparams,
+        hparams_for=hparams_for,
     )
     validation = {k: v for _, res, _ in loaded for k, v in res.get("validation", {}).items()}
     seconds = sum(res.get("seconds") or 0.0 for _, res, _ in loaded)
@@ -1304,15 +1345,20 @@ def _renamed(
             for k in _PER_METHOD_KEYS:
                 if k in info:
                     info[k] = {key(m): v for m, v in info[k].items()}
-            steps = info["description"].get("meta_training_steps")
-            if steps is not None:
-                info["description"]["meta_training_steps"] = {key(m): v for m, v in steps.items()}
+            for k in ("meta_training_steps", "hparams_for"):
+                by_method = info["description"].get(k)
+                if by_method is not None:
+                    info["description"][k] = {key(m): v for m, v in by_method.items()}
             for old, new in names.items():
                 if new in info.get("families", {}) or new in info.get("failed_methods", {}):
                     notes = info.setdefault("method_notes", {}).setdefault(new, [])
                     notes.insert(0, f"{old} of {d.name}, renamed {new} in this merge")
         res["config"]["methods"] = [key(m) for m in res["config"]["methods"]]
         res["config"]["hparams"] = {key(m): v for m, v in res["config"]["hparams"].items()}
+        res["config"]["hparams_for"] = {
+            ds: {key(m): v for m, v in by_method.items()}
+            for ds, by_method in res["config"].get("hparams_for", {}).items()
+        }
         out.append((d, res, per.assign(method=per["method"].map(key))))
     return out
 

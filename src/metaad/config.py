@@ -259,6 +259,9 @@ class BenchmarkConfig:
     meta_batch: int = 16
     device: str = "auto"
     hparams: Mapping[str, Any] = field(default_factory=dict)  # {method: {hparam: value}}
+    #: {dataset: {method: {hparam: value}}}: merged over ``hparams`` on that dataset only
+    #: (nested mappings key by key), where a setting helps one set and costs others
+    hparams_for: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     data_dir: str | None = None  # where the datasets are; None: METAAD_DATA_DIR etc.
     output: str = "artifacts/benchmark"
     experiment: str = "metaad-benchmark"
@@ -282,6 +285,16 @@ class BenchmarkConfig:
         for m, hp in self.hparams.items():
             if not isinstance(hp, Mapping):
                 raise ConfigError(f"benchmark.hparams.{m} must be a mapping, got {hp!r}")
+        for ds, by_method in self.hparams_for.items():
+            if not isinstance(by_method, Mapping):
+                raise ConfigError(
+                    f"benchmark.hparams_for.{ds} must map methods to hparams, got {by_method!r}"
+                )
+            for m, hp in by_method.items():
+                if not isinstance(hp, Mapping):
+                    raise ConfigError(
+                        f"benchmark.hparams_for.{ds}.{m} must be a mapping, got {hp!r}"
+                    )
         for ds, by_method in self.steps_for.items():
             if not isinstance(by_method, Mapping):
                 raise ConfigError(
@@ -298,6 +311,25 @@ class BenchmarkConfig:
         ``steps``. One length does not fit every set: on Sparkov the MAML family keeps gaining
         to 3,000 steps, on SKAB the metric learners overfit past 300 (README)."""
         return int(self.steps_for.get(dataset, {}).get(method, self.steps))
+
+    def hparams_of(self, dataset: str, method: str) -> dict[str, Any]:
+        """Hyperparameters of ``method`` on ``dataset``: ``hparams``, with ``hparams_for``'s
+        entry for that dataset merged over it key by key (so ``{metric_ens: {member_hparams:
+        {proto: {raw_knn: true}}}}`` keeps the members' other settings)."""
+        return _deep_merge(
+            dict(self.hparams.get(method, {})), self.hparams_for.get(dataset, {}).get(method, {})
+        )
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``; where both hold a mapping, recursively."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 @dataclass(frozen=True)
