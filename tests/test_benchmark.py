@@ -587,6 +587,18 @@ def test_a_stopped_benchmark_resumes_from_the_units_it_finished(
     assert calls == [(s, m) for s in (3, 4) for m in cfg.methods]
 
 
+def _refused_before_reading(tmp_path: Path, match: str, **changes: Any) -> None:
+    """TINY with ``changes`` is refused with ``match`` before any data is read or written."""
+    from metaad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        run_benchmark(
+            replace(TINY, **changes), tmp_path / "x", tracking_uri=None,
+            datasets=[blobs_dataset()],
+        )  # fmt: skip
+    assert not (tmp_path / "x").exists()
+
+
 def test_hparams_for_sets_a_methods_hyperparameters_on_one_dataset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -653,15 +665,13 @@ def test_hparams_for_sets_a_methods_hyperparameters_on_one_dataset(
         "member_hparams": {"proto": {"memory": 512}}
     }
 
-    def refused(hparams_for: Any, match: str) -> None:
-        with pytest.raises(ConfigError, match=match):
-            run_benchmark(
-                replace(TINY, hparams_for=hparams_for), tmp_path / "x", tracking_uri=None,
-                datasets=[blobs_dataset()],
-            )  # fmt: skip
-
-    refused({"blbos": {"proto": {}}}, r"hparams_for names dataset 'blbos', which is neither")
-    refused({"blobs": {"nope": {}}}, r"hparams_for\.blobs\.nope: no method 'nope'")
+    _refused_before_reading(
+        tmp_path, r"hparams_for names dataset 'blbos', which is neither",
+        hparams_for={"blbos": {"proto": {}}},
+    )  # fmt: skip
+    _refused_before_reading(
+        tmp_path, r"hparams_for\.blobs\.nope: no method 'nope'", hparams_for={"blobs": {"nope": {}}}
+    )
     for bad, match in [
         ({"blobs": 3}, r"hparams_for\.blobs must map methods to hparams"),
         ({"blobs": {"proto": 3}}, r"hparams_for\.blobs\.proto must be a mapping"),
@@ -774,11 +784,7 @@ def test_steps_for_gives_one_meta_learner_its_own_length_on_one_dataset(
 
     # entries that would do nothing, or are not lengths, are refused before any data is read
     def refused(steps_for: Any, match: str) -> None:
-        with pytest.raises(ConfigError, match=match):
-            run_benchmark(
-                replace(TINY, steps_for=steps_for), tmp_path / "x", tracking_uri=None,
-                datasets=[blobs_dataset()],
-            )  # fmt: skip
+        _refused_before_reading(tmp_path, match, steps_for=steps_for)
 
     refused({"blobs": {"lr_sup": 50}}, r"steps_for\.blobs\.lr_sup: 'lr_sup' is not a meta-learner")
     refused({"blbos": {"proto": 50}}, r"names dataset 'blbos', which is neither registered")

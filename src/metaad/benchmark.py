@@ -302,30 +302,27 @@ def check_steps_for(cfg: BenchmarkConfig, datasets: Sequence[str]) -> None:
 
     known_sets = set(DATASETS) | set(datasets)
     methods = sorted(list_methods())
-    for ds, by_method in cfg.hparams_for.items():
-        if ds not in known_sets:
-            raise ConfigError(
-                f"benchmark.hparams_for names dataset {ds!r}, which is neither registered nor "
-                f"run; known: {sorted(known_sets)}"
-            )
-        for m in by_method:
-            if m not in methods:
-                raise ConfigError(
-                    f"benchmark.hparams_for.{ds}.{m}: no method {m!r}; methods: {methods}"
-                )
     learners = sorted(m for m in methods if family_of(m) in ("metric", "maml"))
-    for ds, by_method in cfg.steps_for.items():
-        if ds not in known_sets:
-            raise ConfigError(
-                f"benchmark.steps_for names dataset {ds!r}, which is neither registered nor "
-                f"run; known: {sorted(known_sets)}"
-            )
-        for m in by_method:
-            if m not in learners:
+    why = {
+        "hparams_for": lambda m: f"no method {m!r}; methods: {methods}",
+        "steps_for": lambda m: (
+            f"{m!r} is not a meta-learner, so it has no meta-training "
+            f"steps; meta-learners: {learners}"
+        ),
+    }
+    for key, entries, allowed in (
+        ("hparams_for", cfg.hparams_for, methods),
+        ("steps_for", cfg.steps_for, learners),
+    ):
+        for ds, by_method in entries.items():
+            if ds not in known_sets:
                 raise ConfigError(
-                    f"benchmark.steps_for.{ds}.{m}: {m!r} is not a meta-learner, so it has no "
-                    f"meta-training steps; meta-learners: {learners}"
+                    f"benchmark.{key} names dataset {ds!r}, which is neither registered nor "
+                    f"run; known: {sorted(known_sets)}"
                 )
+            for m in by_method:
+                if m not in allowed:
+                    raise ConfigError(f"benchmark.{key}.{ds}.{m}: {why[key](m)}")
 
 
 @dataclass
